@@ -1,0 +1,151 @@
+"""The whole Gemma 4 text decoder as one graph: one `run()` per prefill chunk or decoded token.
+
+    h    = embed_tokens[ids] * sqrt(H)                                   (tied table, see embedding.py)
+    ple  = per_layer_inputs(h, table rows)                               (see per_layer.py)
+    layer i:
+      h  = h + post_attention_layernorm(attn_i(input_layernorm(h)))
+      h  = h + post_feedforward_layernorm(mlp_i(pre_feedforward_layernorm(h)))
+      h  = per_layer_residual(h, ple_i) * layer_scalar_i
+    logits = 30 * tanh(norm(h_last) @ embed_tokens.T / 30)
+
+KV-shared layers write no cache and only their last position reaches the logits, so from the first shared layer
+on the graph keeps only the last position (transformers does the same). Only cache-owning layers have cache
+inputs/outputs; a sliding layer's cache output keeps the last `window` positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import FULL, SLIDING
+from ..weights import Weights
+from .attention import KvLength, Rope, self_attention
+from .builder import GraphBuilder
+from .context import Context, Linear
+from .embedding import TiedEmbedding
+from .mlp import mlp
+from .norms import add_rms_norm, rms_norm
+from .per_layer import per_layer_inputs, per_layer_residual, split_per_layer, token_rows
+
+SHARED_SLIDING = "shared_sliding_attention"  # a shared sliding layer's view: the source cache, at most one window
+_END = np.iinfo(np.int64).max
+
+
+@dataclass
+class DecoderIO:
+    """Graph input/output names, written to the manifest so the runtime never guesses them."""
+
+    rope: dict[str, dict[str, str]] = field(default_factory=dict)  # layer type → {"cos", "sin"}
+    kv_length: dict[str, dict[str, str]] = field(default_factory=dict)  # view → {"seqlens_k", "total"}
+    cache: list[dict] = field(default_factory=list)
+
+
+def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, float_dtype, block_size: int,
+                  max_bytes: int) -> tuple[GraphBuilder, DecoderIO]:
+    g = GraphBuilder("webgemma_gemma4_decoder")
+    ctx = Context(g, arch, weights, linear)
+    io = DecoderIO()
+    first_shared = arch.first_shared_layer
+
+    ids = g.input("input_ids", np.int64, [1, "sequence"])
+    rows = token_rows(ctx, bits, block_size)
+    embed = TiedEmbedding(g, weights, weights.claim("embed_tokens.weight", (arch.vocab_size, arch.hidden_size)),
+                          arch.vocab_size, arch.hidden_size, bits=bits, float_dtype=float_dtype, block_size=block_size,
+                          max_bytes=max_bytes)
+    with g.scope("embed_tokens"):
+        h = g.op("Mul", [embed.lookup(ids), g.const(np.float32(arch.hidden_size ** 0.5), np.float32)])
+    ple = per_layer_inputs(ctx, h, rows)
+
+    ropes = {t: _rope_inputs(g, io, t, arch.head_dim[t]) for t in sorted(set(arch.layer_types))}
+    views = {t: _length_inputs(g, io, t) for t in sorted(set(arch.layer_types[:first_shared]))}
+    if SLIDING in arch.layer_types[first_shared:]:
+        views[SHARED_SLIDING] = _length_inputs(g, io, SHARED_SLIDING)
+
+    ple_own = split_per_layer(ctx, ple, range(0, first_shared))
+    cache_out: dict[int, tuple[str, str]] = {}
+    for i in range(arch.num_layers):
+        kind, shared = arch.layer_types[i], i >= first_shared
+        if i == first_shared:
+            with g.scope("last_position"):
+                h = _last(g, h, axis=1)
+                ple_shared = split_per_layer(ctx, _last(g, ple, axis=1), range(first_shared, arch.num_layers))
+                ropes = {t: Rope(_last(g, r.cos, 0), _last(g, r.sin, 0)) for t, r in ropes.items()}
+        with g.scope(f"layers.{i}"):
+            if shared:
+                past = cache_out[arch.kv_source[i]]
+                view = views[SHARED_SLIDING if kind == SLIDING else FULL]
+            else:
+                past = _cache_inputs(g, io, arch, i)
+                view = views[kind]
+            h, present = _decoder_layer(ctx, h, i, ropes[kind], view, past, shared,
+                                        ple_shared[i - first_shared] if shared else ple_own[i])
+            if not shared:
+                cache_out[i] = _cache_outputs(g, io, arch, i, present)
+
+    with g.scope("final"):
+        if first_shared == arch.num_layers:
+            h = _last(g, h, axis=1)
+        h = rms_norm(g, h, ctx.small("norm.weight", (arch.hidden_size,)), arch.rms_norm_eps)
+        logits = embed.project(g.op("Reshape", [h, g.const([1, arch.hidden_size])]))
+        if arch.final_logit_softcapping:
+            cap = g.const(np.float32(arch.final_logit_softcapping), np.float32)
+            logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, cap])]), cap])
+    g.output(logits, "logits", np.float32, [1, arch.vocab_size])
+    return g, io
+
+
+def _decoder_layer(ctx: Context, h: str, i: int, rope: Rope, view: KvLength, past, shared: bool, ple_i: str):
+    a, g = ctx.arch, ctx.g
+    pre, eps = f"layers.{i}.", a.rms_norm_eps
+    x = rms_norm(g, h, ctx.small(pre + "input_layernorm.weight", (a.hidden_size,)), eps)
+    attn, *present = self_attention(ctx, x, i, rope, view, past, shared)
+    attn = rms_norm(g, attn, ctx.small(pre + "post_attention_layernorm.weight", (a.hidden_size,)), eps)
+    x, h = add_rms_norm(g, attn, h, ctx.small(pre + "pre_feedforward_layernorm.weight", (a.hidden_size,)), eps)
+    y = rms_norm(g, mlp(ctx, x, i), ctx.small(pre + "post_feedforward_layernorm.weight", (a.hidden_size,)), eps)
+    h = per_layer_residual(ctx, g.op("Add", [h, y]), ple_i, i)
+    return g.op("Mul", [h, ctx.small(pre + "layer_scalar", (1,))]), present
+
+
+def _last(g: GraphBuilder, x: str, axis: int) -> str:
+    return g.op("Slice", [x, g.const([-1]), g.const([_END]), g.const([axis])])
+
+
+def _rope_inputs(g: GraphBuilder, io: DecoderIO, kind: str, head_dim: int) -> Rope:
+    names = {part: f"rope_{part}.{kind}" for part in ("cos", "sin")}
+    for name in names.values():
+        g.input(name, np.float32, ["sequence", head_dim // 2])
+    io.rope[kind] = names
+    return Rope(names["cos"], names["sin"])
+
+
+def _length_inputs(g: GraphBuilder, io: DecoderIO, view: str) -> KvLength:
+    names = {"seqlens_k": f"seqlens_k.{view}", "total": f"total_sequence_length.{view}"}
+    g.input(names["seqlens_k"], np.int32, [1])
+    g.input(names["total"], np.int32, [])
+    io.kv_length[view] = names
+    return KvLength(names["seqlens_k"], names["total"])
+
+
+def _cache_inputs(g: GraphBuilder, io: DecoderIO, arch, i: int) -> tuple[str, str]:
+    kind = arch.layer_types[i]
+    shape = [1, arch.num_kv_heads[kind], f"past_sequence.{i}", arch.head_dim[kind]]
+    return g.input(f"past_key_values.{i}.key", np.float32, shape), g.input(f"past_key_values.{i}.value", np.float32, shape)
+
+
+def _cache_outputs(g: GraphBuilder, io: DecoderIO, arch, i: int, present: list[str]) -> tuple[str, str]:
+    kind = arch.layer_types[i]
+    window = arch.sliding_window if kind == SLIDING else None
+    shape = [1, arch.num_kv_heads[kind], f"present_sequence.{i}", arch.head_dim[kind]]
+    outs = []
+    for part, value in zip(("key", "value"), present):
+        if window:  # keep the last `window` positions: all a later query of a sliding layer can see
+            value = g.op("Slice", [value, g.const([-window]), g.const([_END]), g.const([2])], name=f"window_{part}")
+        outs.append(g.output(value, f"present.{i}.{part}", np.float32, shape))
+    io.cache.append({
+        "layer": i, "type": kind, "num_key_value_heads": arch.num_kv_heads[kind], "head_dim": arch.head_dim[kind],
+        "window": window, "past_key": f"past_key_values.{i}.key", "past_value": f"past_key_values.{i}.value",
+        "present_key": outs[0], "present_value": outs[1],
+    })
+    return outs[0], outs[1]

@@ -1,0 +1,26 @@
+"""One backend protocol, two implementations: onnxruntime in CPython (`ort_native`), onnxruntime-web in Pyodide
+(`ort_web`). The engine cannot tell them apart."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Backend(Protocol):
+    """Runs the exported decoder graph, one `run()` per prefill chunk or decoded token.
+
+    Feeds are numpy arrays or device handles returned by an earlier `run()` (the KV cache). Outputs named in
+    `host_outputs` come back as numpy arrays; every other output comes back as a device handle that stays where
+    it was computed (GPU memory under WebGPU) until it is fed back or released.
+    """
+
+    name: str  # what really runs the graph: "cpu", "webgpu" or "wasm"
+
+    async def run(self, feeds: dict[str, np.ndarray | Any], host_outputs: list[str]) -> dict[str, np.ndarray | Any]: ...
+
+    def release(self, handle: Any) -> None:
+        """Frees a device handle that will not be fed again."""
+
+    def close(self) -> None: ...

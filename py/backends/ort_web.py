@@ -1,0 +1,228 @@
+"""Backend on onnxruntime-web in the browser: the WebGPU EP (`ort.webgpu.min.mjs`) when the browser gives a WebGPU
+adapter, else the CPU wasm EP (`ort.wasm.min.mjs`, whose wasm has GatherBlockQuantized; the webgpu bundle's own
+wasm EP lacks it).
+
+Outputs that Python reads (logits) come back as numpy; every other output (the KV cache) stays where it was
+computed, as a `JsTensor` that can be fed back and must be released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import browser
+from ..browser import CachedFile, JsTensor
+
+ORT_URL = "vendor/ort/"  # relative to the page; the site builder puts onnxruntime-web there
+BUNDLES = {"webgpu": "ort.webgpu.min.mjs", "wasm": "ort.wasm.min.mjs"}
+WASM_NOTICE = "WebGPU is not available in this browser: running on the CPU (wasm), which is much slower."
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where ORT put the graph's nodes, read from the verbose log recorded at session creation:
+
+        ... VerifyEachNodeIsAssignedToAnEp]  All nodes placed on [WebGpuExecutionProvider]. Number of nodes: 5
+    or
+        ... VerifyEachNodeIsAssignedToAnEp]  Node(s) placed on [CPUExecutionProvider]. Number of nodes: 1
+        ... VerifyEachNodeIsAssignedToAnEp]   Unique (name)
+    """
+
+    counts: dict[str, int] = field(default_factory=dict)  # provider → number of nodes
+    nodes: dict[str, list[str]] = field(default_factory=dict)  # provider → "OpType (name)", where listed
+
+    @property
+    def all_on(self) -> str | None:
+        """The provider holding every node, or None if they are spread (or the log said nothing)."""
+        return next(iter(self.counts)) if len(self.counts) == 1 else None
+
+    @classmethod
+    def from_log(cls, lines: Sequence[str]) -> Placement:
+        counts: dict[str, int] = {}
+        nodes: dict[str, list[str]] = {}
+        current = None
+        for line in lines:
+            if m := re.search(r"(?:All nodes|Node\(s\)) placed on \[(\w+)\]\. Number of nodes: (\d+)", line):
+                current = m[1]
+                counts[current] = counts.get(current, 0) + int(m[2])
+                nodes.setdefault(current, [])
+            elif current and (m := re.search(r"VerifyEachNodeIsAssignedToAnEp\]   (\S.*)$", line)):
+                nodes[current].append(m[1].strip())
+            elif "VerifyEachNodeIsAssignedToAnEp" not in line:
+                current = None
+        return cls(counts, nodes)
+
+
+async def pick_ep(prefer: str = "auto") -> tuple[str, str | None]:
+    """("webgpu" | "wasm", notice or None). "auto" takes WebGPU when navigator.gpu gives an adapter."""
+    if prefer not in ("auto", "webgpu", "wasm"):
+        raise ValueError(f"ep must be 'auto', 'webgpu' or 'wasm', not {prefer!r}")
+    if prefer == "wasm":
+        return "wasm", None
+    if await browser.webgpu_adapter() is not None:
+        return "webgpu", None
+    if prefer == "webgpu":
+        raise RuntimeError("WebGPU was asked for but navigator.gpu gives no adapter in this browser")
+    return "wasm", WASM_NOTICE
+
+
+def default_threads() -> int:
+    """wasm threads: ORT's own default when the page is crossOriginIsolated, else 1 (no SharedArrayBuffer)."""
+    if not browser.cross_origin_isolated():
+        return 1
+    return min(4, math.ceil(browser.hardware_concurrency() / 2))
+
+
+class OrtWebBackend:
+    """`Backend` over an onnxruntime-web InferenceSession (see webgemma.backends.Backend)."""
+
+    def __init__(self, session: browser.JsSession, name: str, notice: str | None, host_outputs: Sequence[str]) -> None:
+        self._session = session
+        self.name = name  # "webgpu" or "wasm"
+        self.notice = notice  # why wasm was chosen, when it was chosen for want of WebGPU
+        self.host_outputs = list(host_outputs)
+        self.input_names = session.input_names
+        self.output_names = session.output_names
+
+    @classmethod
+    async def create(
+        cls,
+        model: bytes,
+        external_data: Mapping[str, CachedFile | bytes] | None = None,
+        *,
+        host_outputs: Sequence[str] = ("logits",),
+        ep: str = "auto",
+        graph_optimization: str = "all",
+        disabled_optimizers: Sequence[str] = (),
+        verbose_log: bool = False,
+        ort_url: str = ORT_URL,
+        num_threads: int | None = None,
+    ) -> OrtWebBackend:
+        """A session over `model` (the .onnx bytes) whose external-data files are `external_data`, keyed by the
+        tensors' `location` exactly (e.g. "weights/decoder-00.bin").
+
+        host_outputs: outputs placed in CPU memory (read by Python); the others stay on the GPU.
+        graph_optimization: "disabled" | "basic" | "extended" | "layout" | "all" (the exporter writes fused graphs).
+        disabled_optimizers: ORT optimizers switched off by name, e.g. ["ConstantFolding"] keeps a shared weight single.
+        verbose_log: record ORT's verbose log during creation (`creation_log`, `placement`).
+        """
+        name, notice = await pick_ep(ep)
+        if notice:
+            browser.show_notice(notice)
+        ort = await browser.ort_load(ort_url + BUNDLES[name], ort_url, num_threads or default_threads())
+        outputs = graph_output_names(model)
+        missing = sorted(set(host_outputs) - set(outputs))
+        if missing:
+            raise ValueError(f"host outputs {missing} are not outputs of the graph ({outputs})")
+        options: dict[str, Any] = {"executionProviders": [name], "graphOptimizationLevel": graph_optimization}
+        if name == "webgpu":
+            options["preferredOutputLocation"] = {o: "cpu" if o in host_outputs else "gpu-buffer" for o in outputs}
+        if disabled_optimizers:
+            options["extra"] = {"optimization": {"disable_specified_optimizers": ",".join(disabled_optimizers)}}
+        if verbose_log:
+            options["logSeverityLevel"] = 0
+            options["logVerbosityLevel"] = 0
+        session = await browser.ort_session(ort, model, dict(external_data or {}), options, verbose=verbose_log)
+        return cls(session, name, notice, host_outputs)
+
+    @property
+    def creation_log(self) -> list[str]:
+        return self._session.log
+
+    @property
+    def placement(self) -> Placement:
+        return Placement.from_log(self._session.log)
+
+    async def run(self, feeds: dict[str, np.ndarray | JsTensor],
+                  host_outputs: Sequence[str]) -> dict[str, np.ndarray | JsTensor]:
+        """One session.run: numpy for `host_outputs`, JsTensor handles for the rest."""
+        self._check(feeds, host_outputs)
+        try:
+            outputs = await self._session.run(feeds)
+        except browser.JsException as e:
+            shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in feeds.items())
+            raise RuntimeError(f"onnxruntime-web ({self.name}) run failed with feeds {{{shapes}}}: {e}") from None
+        result: dict[str, np.ndarray | JsTensor] = {}
+        for name, t in outputs.items():
+            if name in host_outputs:
+                result[name] = await browser.to_numpy(t)
+                t.dispose()
+            else:
+                result[name] = t
+        return result
+
+    def _check(self, feeds: Mapping[str, Any], host_outputs: Sequence[str]) -> None:
+        missing = [n for n in self.input_names if n not in feeds]
+        unknown = [n for n in feeds if n not in self.input_names]
+        if missing or unknown:
+            raise ValueError(f"feeds do not match the graph's inputs: missing {missing}, unknown {unknown}")
+        bad = [n for n in host_outputs if n not in self.output_names]
+        if bad:
+            raise ValueError(f"host outputs {bad} are not outputs of the graph ({self.output_names})")
+        for n, v in feeds.items():
+            if isinstance(v, JsTensor) and v._t is None:
+                raise ValueError(f"feed {n!r} is a released tensor")
+
+    def release(self, handle: Any) -> None:
+        if isinstance(handle, JsTensor):
+            handle.dispose()
+
+    async def to_numpy(self, handle: JsTensor) -> np.ndarray:
+        """A copy of a device handle's contents (reads GPU memory back): for checks, not the decode loop."""
+        return await browser.to_numpy(handle)
+
+    async def aclose(self) -> None:
+        await self._session.release()
+
+    def close(self) -> None:
+        asyncio.ensure_future(self.aclose())
+
+
+def graph_output_names(model: bytes) -> list[str]:
+    """The graph's output names, read from the ONNX protobuf (ModelProto.graph=7 → GraphProto.output=12 →
+    ValueInfoProto.name=1) without an onnx package: the browser has none."""
+    graph = [v for f, v in _fields(memoryview(model)) if f == 7]
+    if not graph:
+        raise ValueError("not an ONNX model: no graph")
+    names = []
+    for f, v in _fields(graph[-1]):
+        if f == 12:
+            names += [bytes(n).decode() for g, n in _fields(v) if g == 1]
+    return names
+
+
+def _fields(buf: memoryview):  # noqa: ANN202 - yields (field number, length-delimited payload)
+    i, n = 0, len(buf)
+    while i < n:
+        key, i = _varint(buf, i)
+        kind = key & 7
+        if kind == 0:
+            _, i = _varint(buf, i)
+        elif kind == 1:
+            i += 8
+        elif kind == 5:
+            i += 4
+        elif kind == 2:
+            size, i = _varint(buf, i)
+            yield key >> 3, buf[i:i + size]
+            i += size
+        else:
+            raise ValueError(f"not an ONNX model: protobuf wire type {kind} at byte {i}")
+
+
+def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7

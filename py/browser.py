@@ -1,0 +1,320 @@
+"""The one module that touches JavaScript: the page, the Cache API and onnxruntime-web.
+
+Callers get Python values back. JS objects that must stay in JS come wrapped: `CachedFile` (a Blob in the Cache
+API), `JsTensor` (an onnxruntime-web tensor, possibly in GPU memory), `JsSession`. numpy ↔ JS conversion is the
+private pair `_to_js_tensor` / `_to_numpy`.
+
+Importing works under CPython (tests, tools); calling anything that needs the browser raises `BrowserOnly`.
+The JS glue lives next to the page: ort_bridge.mjs and store_bridge.mjs (web/page/).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+IN_BROWSER = sys.platform == "emscripten"
+if IN_BROWSER:
+    import js
+    from pyodide.code import eval_code_async, run_js
+    from pyodide.ffi import JsException, create_proxy, to_js
+else:  # CPython: importable, not callable
+    js = None
+
+    class JsException(Exception):  # noqa: N818 - mirrors pyodide.ffi.JsException
+        pass
+
+
+class BrowserOnly(RuntimeError):
+    """Raised when a browser-only function is called outside Pyodide."""
+
+
+def _need_browser() -> None:
+    if not IN_BROWSER:
+        raise BrowserOnly("this needs a browser page (Pyodide); CPython has the onnxruntime backend and a local store")
+
+
+# ---------------------------------------------------------------- page
+
+
+def set_status(text: str, *, error: bool = False) -> None:
+    """The boot/status line (element #status). Text only, never HTML."""
+    _need_browser()
+    el = js.document.getElementById("status")
+    if el is not None:
+        el.textContent = text
+        el.classList.toggle("error", error)
+
+
+def show_notice(text: str) -> None:
+    """A visible notice (element #notice), e.g. that the slow wasm backend is used. Text only."""
+    _need_browser()
+    el = js.document.getElementById("notice")
+    if el is not None:
+        el.textContent = text
+        el.hidden = False
+
+
+def page_url() -> str:
+    _need_browser()
+    return str(js.location.href)
+
+
+def resolve_url(url: str) -> str:
+    """`url` made absolute against the page's URL."""
+    _need_browser()
+    return str(js.URL.new(url, js.document.baseURI).href)
+
+
+def query_params() -> dict[str, str]:
+    _need_browser()
+    params = js.URLSearchParams.new(js.location.search)
+    return {str(k): str(v) for k, v in params.entries()}
+
+
+def cross_origin_isolated() -> bool:
+    _need_browser()
+    return bool(getattr(js, "crossOriginIsolated", False))
+
+
+def hardware_concurrency() -> int:
+    _need_browser()
+    return int(js.navigator.hardwareConcurrency or 1)
+
+
+async def webgpu_adapter() -> dict | None:
+    """What `navigator.gpu.requestAdapter()` gives, as a dict, or None where there is no WebGPU adapter."""
+    _need_browser()
+    gpu = getattr(js.navigator, "gpu", None)
+    if gpu is None:
+        return None
+    try:
+        adapter = await gpu.requestAdapter()
+    except JsException:
+        return None
+    if adapter is None:
+        return None
+    info = getattr(adapter, "info", None)
+    return {
+        "vendor": str(getattr(info, "vendor", "") or ""),
+        "architecture": str(getattr(info, "architecture", "") or ""),
+        "features": sorted(str(f) for f in adapter.features.values()),
+        "max_buffer_size": int(adapter.limits.maxBufferSize),
+        "max_storage_buffer_binding_size": int(adapter.limits.maxStorageBufferBindingSize),
+    }
+
+
+async def fetch_bytes(url: str) -> bytes:
+    """A file from the network (not the model cache); raises with the URL and HTTP status on failure."""
+    _need_browser()
+    response = await js.fetch(url, to_js({"cache": "no-cache"}, dict_converter=js.Object.fromEntries))
+    if not response.ok:
+        raise OSError(f"{url}: HTTP {response.status} {response.statusText}")
+    return (await response.arrayBuffer()).to_bytes()
+
+
+async def fetch_json(url: str) -> Any:
+    return json.loads(await fetch_bytes(url))
+
+
+def expose_selftest(namespace: dict) -> None:
+    """Test hook (page opened with ?selftest=1): `await window.webgemmaExec(code)` runs Python `code` in
+    `namespace` (top-level await allowed) and resolves to the JSON of its last expression."""
+    _need_browser()
+
+    async def run(code: str) -> str:
+        return json.dumps(await eval_code_async(str(code), globals=namespace))
+
+    js.window.webgemmaExec = create_proxy(run)
+
+
+def set_global(name: str, value: Any) -> None:
+    """window[name] = value converted to plain JS (JSON-like values only)."""
+    _need_browser()
+    setattr(js.window, name, js.JSON.parse(json.dumps(value)))
+
+
+_modules: dict[str, Any] = {}
+
+
+async def _import(url: str) -> Any:
+    """An ES module by URL (relative to the page), imported once."""
+    url = resolve_url(url)
+    if url not in _modules:
+        _modules[url] = await run_js("(url) => import(url)")(url)
+    return _modules[url]
+
+
+# ---------------------------------------------------------------- Cache API (store_bridge.mjs)
+
+STORE_BRIDGE = "store_bridge.mjs"
+
+
+class CachedFile:
+    """A verified file held in the Cache API, read by byte range without loading it whole."""
+
+    def __init__(self, blob: Any, name: str) -> None:
+        self._blob = blob
+        self.name = name
+        self.size = int(blob.size)
+
+    async def read(self, start: int = 0, length: int | None = None) -> bytes:
+        if length is None:
+            length = self.size - start
+        if start < 0 or length < 0 or start + length > self.size:
+            raise ValueError(f"{self.name}: bytes [{start}, {start + length}) outside the file's {self.size} bytes")
+        return (await self._blob.slice(start, start + length).arrayBuffer()).to_bytes()
+
+
+async def cache_size(cache: str, url: str) -> int | None:
+    """Size of the cached entry for `url`, None if absent."""
+    size = int(await (await _import(STORE_BRIDGE)).cachedSize(cache, url))
+    return None if size < 0 else size
+
+
+async def cache_file(cache: str, url: str, name: str) -> CachedFile | None:
+    blob = await (await _import(STORE_BRIDGE)).cachedBlob(cache, url)
+    return None if blob is None else CachedFile(blob, name)
+
+
+async def cache_download(cache: str, url: str, on_bytes: Callable[[int], None], *, reload: bool = False) -> int:
+    """Streams `url` into the cache; `on_bytes(n)` gets the running byte count. Raises OSError on HTTP errors."""
+    bridge = await _import(STORE_BRIDGE)
+    callback = create_proxy(lambda n: on_bytes(int(n)))
+    try:
+        return int(await bridge.download(cache, url, callback, reload))
+    except JsException as e:
+        raise OSError(f"{url}: {e}") from None
+    finally:
+        callback.destroy()
+
+
+async def cache_sha256(cache: str, url: str) -> str | None:
+    """Hex sha256 of a cached entry by crypto.subtle; None where crypto.subtle is missing (non-secure context)."""
+    digest = await (await _import(STORE_BRIDGE)).sha256(cache, url)
+    return None if digest is None else str(digest)
+
+
+async def cache_delete(cache: str, url: str) -> bool:
+    return bool(await (await _import(STORE_BRIDGE)).remove(cache, url))
+
+
+async def cache_keys(cache: str) -> list[str]:
+    return [str(u) for u in await (await _import(STORE_BRIDGE)).keys(cache)]
+
+
+async def storage_estimate() -> dict:
+    """{'usage', 'quota', 'persisted'} of this origin's storage (asks for persistent storage on the way)."""
+    return (await (await _import(STORE_BRIDGE)).storageEstimate()).to_py()
+
+
+# ---------------------------------------------------------------- onnxruntime-web (ort_bridge.mjs)
+
+ORT_BRIDGE = "ort_bridge.mjs"
+
+# numpy dtype → onnxruntime-web tensor type
+_ORT_TYPES = {
+    np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.float64): "float64",
+    np.dtype(np.int64): "int64", np.dtype(np.int32): "int32", np.dtype(np.int16): "int16", np.dtype(np.int8): "int8",
+    np.dtype(np.uint64): "uint64", np.dtype(np.uint32): "uint32", np.dtype(np.uint16): "uint16",
+    np.dtype(np.uint8): "uint8", np.dtype(np.bool_): "bool",
+}
+_NP_TYPES = {v: k for k, v in _ORT_TYPES.items()}
+
+
+class JsTensor:
+    """An onnxruntime-web tensor kept in JS: in GPU memory ('gpu-buffer') or on the wasm side ('cpu')."""
+
+    __slots__ = ("_t", "shape", "dtype", "location")
+
+    def __init__(self, t: Any) -> None:
+        self._t = t
+        self.shape = tuple(int(d) for d in t.dims)
+        self.dtype = _NP_TYPES.get(str(t.type), np.dtype(object))
+        self.location = str(t.location)
+
+    def dispose(self) -> None:
+        if self._t is not None:
+            self._t.dispose()
+            self._t = None
+
+    def __repr__(self) -> str:
+        return f"JsTensor({self.shape}, {self.dtype}, {self.location}{', disposed' if self._t is None else ''})"
+
+
+class JsSession:
+    """An onnxruntime-web InferenceSession with its input/output names and the log recorded at creation."""
+
+    def __init__(self, ort: Any, session: Any, log: list[str]) -> None:
+        self._ort = ort
+        self._s = session
+        self.input_names = [str(n) for n in session.inputNames]
+        self.output_names = [str(n) for n in session.outputNames]
+        self.log = log
+
+    async def run(self, feeds: dict[str, np.ndarray | JsTensor]) -> dict[str, JsTensor]:
+        """Runs with numpy or JsTensor feeds; every output comes back as a JsTensor (read with `to_numpy`)."""
+        js_feeds = js.Object.new()
+        for name, v in feeds.items():
+            js.Reflect.set(js_feeds, name, v._t if isinstance(v, JsTensor) else _to_js_tensor(self._ort, v))
+        results = await self._s.run(js_feeds)
+        return {name: JsTensor(js.Reflect.get(results, name)) for name in self.output_names}
+
+    async def release(self) -> None:
+        if self._s is not None:
+            await self._s.release()
+            self._s = None
+
+
+async def ort_load(bundle_url: str, wasm_url: str, num_threads: int) -> Any:
+    """The onnxruntime-web module at `bundle_url`, its wasm files under `wasm_url` (both resolved absolute)."""
+    _need_browser()
+    bridge = await _import(ORT_BRIDGE)
+    return await bridge.loadOrt(resolve_url(bundle_url), resolve_url(wasm_url), num_threads)
+
+
+async def ort_session(ort: Any, model: bytes, external_data: dict[str, CachedFile | bytes], options: dict,
+                      *, verbose: bool = False) -> JsSession:
+    """InferenceSession.create(model, options + externalData); raises RuntimeError with ORT's message."""
+    opts = to_js(options, dict_converter=js.Object.fromEntries)
+    files = js.Array.new()
+    for path, data in external_data.items():
+        blob = data._blob if isinstance(data, CachedFile) else to_js(data)
+        files.push(to_js({"path": path, "data": blob}, dict_converter=js.Object.fromEntries))
+    opts.externalData = files
+    bridge = await _import(ORT_BRIDGE)
+    try:
+        created = await bridge.createSession(ort, to_js(model), opts, verbose)
+    except JsException as e:
+        raise RuntimeError(f"onnxruntime-web could not create the session: {e}") from None
+    log = [str(line) for line in created.log]
+    return JsSession(ort, created.session, log)
+
+
+async def to_numpy(t: JsTensor) -> np.ndarray:
+    """Copies a tensor into numpy (downloading it from the GPU if it lives there)."""
+    return _to_numpy(await (await _import(ORT_BRIDGE)).tensorBytes(t._t), t.shape, t.dtype)
+
+
+def _to_js_tensor(ort: Any, a: np.ndarray) -> Any:
+    a = np.ascontiguousarray(a)
+    kind = _ORT_TYPES.get(a.dtype)
+    if kind is None:
+        raise TypeError(f"dtype {a.dtype} has no onnxruntime-web tensor type")
+    flat = a.reshape(-1)
+    if kind == "float16":
+        flat = flat.view(np.uint16)
+    elif kind == "bool":
+        flat = flat.view(np.uint8)
+    return ort.Tensor.new(kind, to_js(flat), to_js(list(a.shape)))
+
+
+def _to_numpy(data: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """`data`: the tensor's bytes as a Uint8Array (see ort_bridge.tensorBytes)."""
+    out = np.empty(shape, dtype)
+    data.assign_to(out.reshape(-1).view(np.uint8))
+    return out

@@ -1,0 +1,157 @@
+"""The generation engine: prefill in chunks, then one `run()` per decoded token, the KV cache kept on the device.
+
+The engine remembers which tokens its cache holds; a new prompt that extends them (a follow-up chat turn) only
+feeds the new tokens. Anything else resets the cache: a sliding layer's cache keeps only the last window, so it
+cannot be rewound.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend
+from .manifest import Manifest
+from .per_layer_rows import PerLayerRows
+from .rope import rope_tables
+from .sampling import Sampler, SamplingSettings
+
+FULL, SLIDING, SHARED_SLIDING = "full_attention", "sliding_attention", "shared_sliding_attention"
+
+
+class ContextLimitError(ValueError):
+    """The prompt does not fit the model's context."""
+
+
+@dataclass
+class GenerationResult:
+    prompt_ids: list[int]
+    output_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = ""  # "stop", "stop_string", "max_new_tokens", "context", "cancelled"
+    stats: dict = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, manifest: Manifest, backend: Backend, rows: PerLayerRows, *, prefill_chunk: int = 256,
+                 max_context: int | None = None):
+        self.manifest, self.backend, self.rows = manifest, backend, rows
+        arch, self.io = manifest.arch, manifest.decoder
+        self.window = int(arch["sliding_window"])
+        self.inv_freq = {t: np.asarray(v, np.float32) for t, v in arch["rope_inv_freq"].items()}
+        self.prefill_chunk = prefill_chunk
+        self.max_context = min(max_context or manifest.max_context, manifest.max_context)
+        self.tokens: list[int] = []
+        self.cache: dict[str, Any] = {}
+        self.last_logits: np.ndarray | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the cache: zero-length past tensors (always fed, never omitted: see DESIGN.md on GQA)."""
+        self._release(self.cache)
+        self.cache = {}
+        for c in self.io["cache"]:
+            empty = np.zeros((1, c["num_key_value_heads"], 0, c["head_dim"]), np.float32)
+            self.cache[c["past_key"]] = self.cache[c["past_value"]] = empty
+        self.tokens, self.last_logits = [], None
+
+    def _release(self, handles: dict) -> None:
+        for handle in handles.values():
+            if not isinstance(handle, np.ndarray):  # device tensors; the initial empty pasts are numpy
+                self.backend.release(handle)
+
+    def _lengths(self, start: int, count: int) -> dict[str, int]:
+        """Key-sequence length each attention view sees for a chunk of `count` tokens after `start` cached ones."""
+        sliding = min(start, self.window) + count
+        return {FULL: start + count, SLIDING: sliding, SHARED_SLIDING: min(sliding, self.window)}
+
+    async def _run(self, ids: list[int]) -> np.ndarray:
+        """One graph run over `ids` following the cached tokens; returns the last position's logits."""
+        start, count = len(self.tokens), len(ids)
+        positions = np.arange(start, start + count)
+        feeds = {self.io["inputs"]["input_ids"]: np.asarray([ids], np.int64), **await self.rows.feeds(ids)}
+        for kind, names in self.io["rope"].items():
+            feeds[names["cos"]], feeds[names["sin"]] = rope_tables(self.inv_freq[kind], positions)
+        lengths = self._lengths(start, count)
+        for view, names in self.io["kv_length"].items():
+            feeds[names["seqlens_k"]] = np.asarray([lengths[view] - 1], np.int32)
+            feeds[names["total"]] = np.asarray(lengths[view], np.int32)
+        feeds.update(self.cache)
+        out = await self.backend.run(feeds, [self.io["logits"]])
+        old, self.cache = self.cache, {}
+        for c in self.io["cache"]:
+            self.cache[c["past_key"]], self.cache[c["past_value"]] = out[c["present_key"]], out[c["present_value"]]
+        self._release(old)
+        self.tokens.extend(ids)
+        self.last_logits = np.asarray(out[self.io["logits"]]).reshape(-1)
+        return self.last_logits
+
+    async def prefill(self, prompt_ids: list[int]) -> tuple[np.ndarray, int]:
+        """Bring the cache to `prompt_ids`; returns (last logits, number of cached tokens reused)."""
+        if not prompt_ids:
+            raise ValueError("the prompt is empty: give at least one token (a chat prompt starts with <bos>)")
+        if len(prompt_ids) >= self.max_context:
+            raise ContextLimitError(
+                f"The conversation is {len(prompt_ids)} tokens long and this model's context holds {self.max_context}: "
+                "start a new chat or shorten the message."
+            )
+        reused = len(self.tokens)
+        if prompt_ids[:reused] != self.tokens or (reused == len(prompt_ids) and self.last_logits is None):
+            self.reset()
+            reused = 0
+        new = prompt_ids[reused:]
+        if not new:  # the prompt is exactly what the cache holds
+            return self.last_logits, reused
+        for i in range(0, len(new), self.prefill_chunk):
+            logits = await self._run(new[i : i + self.prefill_chunk])
+        return logits, reused
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingSettings, *, max_new_tokens: int, stop_ids,
+                       on_token: Callable[[int], Awaitable[bool] | bool] | None = None) -> GenerationResult:
+        """Sample up to `max_new_tokens`. `on_token` sees each token and returns True to stop (stop strings, cancel)."""
+        result = GenerationResult(list(prompt_ids))
+        t0 = time.perf_counter()
+        logits, reused = await self.prefill(result.prompt_ids)
+        t_prefill = time.perf_counter()
+        sampler, stop_ids = Sampler(sampling), set(stop_ids)
+        history = list(result.prompt_ids)
+        decode_start = None
+        while True:
+            token = sampler(logits, history)
+            result.output_ids.append(token)
+            history.append(token)
+            if decode_start is None:
+                decode_start = time.perf_counter()
+            if token in stop_ids:
+                result.finish_reason = "stop"
+                break
+            if on_token is not None:
+                stop = on_token(token)
+                if hasattr(stop, "__await__"):
+                    stop = await stop
+                if stop:
+                    result.finish_reason = "stopped"
+                    break
+            if len(result.output_ids) >= max_new_tokens:
+                result.finish_reason = "max_new_tokens"
+                break
+            if len(self.tokens) + 1 >= self.max_context:
+                result.finish_reason = "context"
+                break
+            logits = await self._run([token])
+        t_end = time.perf_counter()
+        fed = len(result.prompt_ids) - reused
+        decoded = len(result.output_ids) - 1
+        result.stats = {
+            "prompt_tokens": len(result.prompt_ids),
+            "reused_tokens": reused,
+            "ttft_ms": (decode_start - t0) * 1000,
+            "prefill_tokens_per_s": fed / max(t_prefill - t0, 1e-9),
+            "tokens_per_s": decoded / (t_end - decode_start) if decoded > 0 else 0.0,
+            "backend": self.backend.name,
+        }
+        return result

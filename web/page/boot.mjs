@@ -1,0 +1,20 @@
+// Keeps #status telling what happens until Python takes over, and shows any error as text.
+const status = document.getElementById("status");
+const say = (text, error = false) => {
+  if (!status || status.classList.contains("error")) return; // the first error stays visible
+  status.textContent = text;
+  status.classList.toggle("error", error);
+};
+
+// A runtime file that fails to load (a 404 for pyodide.asm.wasm, say) leaves Pyodide waiting forever: name it.
+const failed = new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) {
+    if (e.responseStatus >= 400) say(`error: could not load ${new URL(e.name).pathname} (HTTP ${e.responseStatus})`, true);
+  }
+});
+failed.observe({ type: "resource", buffered: true });
+
+addEventListener("py:progress", ({ detail }) => say(`loading Python… (${detail})`));
+document.addEventListener("py:ready", () => { failed.disconnect(); say("starting webgemma…"); });
+addEventListener("error", (e) => say(`error: ${e.message || e.error || "unknown"}`, true));
+addEventListener("unhandledrejection", (e) => say(`error: ${e.reason?.message ?? e.reason}`, true));

@@ -1,0 +1,61 @@
+// Cache API glue for py/storage_web.py (through py/browser.py). Keys are absolute URLs.
+
+export async function cachedSize(cacheName, url) {
+  const response = await (await caches.open(cacheName)).match(url);
+  return response ? (await response.blob()).size : -1;
+}
+
+export async function cachedBlob(cacheName, url) {
+  const response = await (await caches.open(cacheName)).match(url);
+  return response ? await response.blob() : null;
+}
+
+// Streams `url` into the cache, calling onBytes(bytesSoFar) at most every 100 ms and once at the end.
+export async function download(cacheName, url, onBytes, reload) {
+  const response = await fetch(url, { cache: reload ? "reload" : "no-store" });
+  if (!response.ok) throw new Error(`HTTP ${response.status} ${response.statusText}`);
+  let done = 0;
+  let last = 0;
+  const counter = new TransformStream({
+    transform(chunk, controller) {
+      done += chunk.byteLength;
+      const now = performance.now();
+      if (now - last > 100) { last = now; onBytes(done); }
+      controller.enqueue(chunk);
+    },
+  });
+  const cache = await caches.open(cacheName);
+  try {
+    await cache.put(url, new Response(response.body.pipeThrough(counter),
+      { headers: { "content-type": "application/octet-stream" } }));
+  } catch (e) {
+    // Chromium private windows keep Cache Storage in memory and refuse large entries with an "internal error"
+    throw new Error(`the browser refused to store it after ${done} bytes (${e.name}: ${e.message}); ` +
+      "a private window or a full disk keeps large models from being stored");
+  }
+  onBytes(done);
+  return done;
+}
+
+// Hex sha256 of a cached entry, or null where crypto.subtle is missing (plain http on a non-local host).
+export async function sha256(cacheName, url) {
+  if (!globalThis.crypto?.subtle) return null;
+  const response = await (await caches.open(cacheName)).match(url);
+  if (!response) throw new Error(`${url} is not cached`);
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", await response.arrayBuffer()));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export async function remove(cacheName, url) {
+  return await (await caches.open(cacheName)).delete(url);
+}
+
+export async function keys(cacheName) {
+  return (await (await caches.open(cacheName)).keys()).map((r) => r.url);
+}
+
+export async function storageEstimate() {
+  const e = await navigator.storage?.estimate?.();
+  const persisted = await navigator.storage?.persist?.().catch(() => false);
+  return { usage: e?.usage ?? 0, quota: e?.quota ?? 0, persisted: !!persisted };
+}
