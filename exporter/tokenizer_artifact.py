@@ -41,22 +41,28 @@ def convert_tokenizer_json(path) -> bytes:
 
 def convert_tokenizer_spec(spec: dict, name: str = "tokenizer.json") -> bytes:
     """The artifact for an already parsed tokenizer.json; `name` prefixes error messages."""
-    where = _Where(name)
+    try:
+        return _convert(spec)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
+def _convert(spec):
     if spec.get("version", "1.0") != "1.0":
-        raise where.error(f"version {spec['version']!r} is not supported")
+        raise ValueError(f"version {spec['version']!r} is not supported")
     for option in ("truncation", "padding"):
         if spec.get(option) is not None:
-            raise where.error(f"{option} is not supported (the runtime truncates and pads itself)")
+            raise ValueError(f"{option} is not supported (the runtime truncates and pads itself)")
 
     model = spec.get("model") or {}
-    vocab, merges, symbol_ids, model_flags, unk_id = _model(model, where)
-    added = _added_tokens(spec.get("added_tokens") or [], model["vocab"], where)
+    vocab, merges, symbol_ids, model_flags, unk_id = _model(model)
+    added = _added_tokens(spec.get("added_tokens") or [], model["vocab"])
     strings = []  # the step strings; a step refers to one by its index
     steps = (
-        _normalizer_steps(spec.get("normalizer"), strings, where)
-        + _pre_tokenizer_steps(spec.get("pre_tokenizer"), strings, where)
-        + _decoder_steps(spec.get("decoder"), strings, where)
-        + _template_steps(spec.get("post_processor"), where)
+        _normalizer_steps(spec.get("normalizer"), strings)
+        + _pre_tokenizer_steps(spec.get("pre_tokenizer"), strings)
+        + _decoder_steps(spec.get("decoder"), strings)
+        + _template_steps(spec.get("post_processor"))
     )
 
     texts = list(vocab) + [content for _, content, _ in added] + strings
@@ -64,7 +70,7 @@ def convert_tokenizer_spec(spec: dict, name: str = "tokenizer.json") -> bytes:
     try:
         text = chr(separator).join(texts).encode("utf-8")
     except UnicodeEncodeError as e:
-        raise where.error(f"a string holds an unpaired surrogate ({e.reason})") from None
+        raise ValueError(f"a string holds an unpaired surrogate ({e.reason})") from None
     flags = np.array([f for _, _, f in added], np.uint8).tobytes()
     parts = [
         HEADER.pack(MAGIC, VERSION, len(vocab), len(added), len(merges), len(symbol_ids), len(steps), model_flags,
@@ -79,31 +85,24 @@ def convert_tokenizer_spec(spec: dict, name: str = "tokenizer.json") -> bytes:
     return b"".join(parts)
 
 
-class _Where:
-    def __init__(self, name):
-        self.name = name
-
-    def error(self, message):
-        return ValueError(f"{self.name}: {message}")
-
-    def unsupported(self, component, kind):
-        return ValueError(f"{self.name}: {component} {kind} is not supported; {SUPPORTED}")
+def _unsupported(component, kind):
+    return ValueError(f"{component} {kind} is not supported; {SUPPORTED}")
 
 
-def _model(model, where):
+def _model(model):
     """Model tokens in id order, merges as (left, right, merged) ids, the ids BPE starts from (single characters
     and byte tokens), MODEL_* flags and the unk id (-1: none)."""
     if model.get("type") != "BPE":
-        raise where.unsupported("model", model.get("type"))
+        raise _unsupported("model", model.get("type"))
     if model.get("dropout") not in (None, 0.0):
-        raise where.unsupported("model", "BPE with dropout")
+        raise _unsupported("model", "BPE with dropout")
     for option in ("continuing_subword_prefix", "end_of_word_suffix"):
         if model.get(option):
-            raise where.unsupported("model", f"BPE with {option}")
+            raise _unsupported("model", f"BPE with {option}")
 
     token_ids = model["vocab"]
     if sorted(token_ids.values()) != list(range(len(token_ids))):
-        raise where.error("model vocab ids are not 0..n-1")
+        raise ValueError("model vocab ids are not 0..n-1")
     vocab = sorted(token_ids, key=token_ids.__getitem__)
 
     merges = []
@@ -113,18 +112,18 @@ def _model(model, where):
                 continue
             pair = merge.split(" ")
             if len(pair) != 2:
-                raise where.error(f"merge {merge!r} is not two tokens separated by one space")
+                raise ValueError(f"merge {merge!r} is not two tokens separated by one space")
         else:
             pair = merge
         left, right = pair
         for token in (left, right, left + right):
             if token not in token_ids:
-                raise where.error(f"merge {left!r} + {right!r}: {token!r} is not in the vocabulary")
+                raise ValueError(f"merge {left!r} + {right!r}: {token!r} is not in the vocabulary")
         merges.append((token_ids[left], token_ids[right], token_ids[left + right]))
 
     unk = model.get("unk_token")
     if unk is not None and unk not in token_ids:
-        raise where.error(f"unk_token {unk!r} is not in the vocabulary")
+        raise ValueError(f"unk_token {unk!r} is not in the vocabulary")
     flags = (
         MODEL_BYTE_FALLBACK * bool(model.get("byte_fallback"))
         | MODEL_FUSE_UNK * bool(model.get("fuse_unk"))
@@ -148,7 +147,7 @@ def _splits_before_space(vocab, merges, unk):
     return all(vocab[left].endswith("▁") for left, right, _ in merges if vocab[right].startswith("▁"))
 
 
-def _added_tokens(tokens, token_ids, where):
+def _added_tokens(tokens, token_ids):
     """[(id, content, ADDED_* flags)] sorted by id.
 
     `tokenizers` ignores the ids written in the JSON: a token whose content is in the model vocabulary takes that
@@ -160,9 +159,9 @@ def _added_tokens(tokens, token_ids, where):
         if not content:
             continue  # `tokenizers` skips empty added tokens
         if content in seen:
-            raise where.error(f"added token {content!r} is listed twice")
+            raise ValueError(f"added token {content!r} is listed twice")
         if token.get("single_word"):
-            raise where.unsupported("added token", f"{content!r} with single_word")
+            raise _unsupported("added token", f"{content!r} with single_word")
         seen.add(content)
         token_id = token_ids.get(content)
         if token_id is None:
@@ -185,10 +184,10 @@ def _flatten(component, key):
     return [component]
 
 
-def _literal(component, where, role):
+def _literal(component, role):
     pattern = component.get("pattern") or {}
     if set(pattern) != {"String"} or not pattern["String"]:
-        raise where.unsupported(role, f"{component['type']} with pattern {pattern} (only non-empty literal strings)")
+        raise _unsupported(role, f"{component['type']} with pattern {pattern} (only non-empty literal strings)")
     return pattern["String"]
 
 
@@ -197,36 +196,36 @@ def _string(strings, value):
     return len(strings) - 1
 
 
-def _normalizer_steps(normalizer, strings, where):
+def _normalizer_steps(normalizer, strings):
     steps = []
     for n in _flatten(normalizer, "normalizers"):
         if n["type"] == "Replace":
-            steps.append((Step.NORMALIZE_REPLACE, _string(strings, _literal(n, where, "normalizer")),
+            steps.append((Step.NORMALIZE_REPLACE, _string(strings, _literal(n, "normalizer")),
                           _string(strings, n["content"]), 0))
         elif n["type"] == "Prepend":
             steps.append((Step.NORMALIZE_PREPEND, _string(strings, n["prepend"]), 0, 0))
         else:
-            raise where.unsupported("normalizer", n["type"])
+            raise _unsupported("normalizer", n["type"])
     return steps
 
 
-def _pre_tokenizer_steps(pre_tokenizer, strings, where):
+def _pre_tokenizer_steps(pre_tokenizer, strings):
     steps = []
     for p in _flatten(pre_tokenizer, "pretokenizers"):
         if p["type"] != "Split":
-            raise where.unsupported("pre_tokenizer", p["type"])
-        steps.append((Step.PRE_TOKENIZE_SPLIT, _string(strings, _literal(p, where, "pre_tokenizer")),
+            raise _unsupported("pre_tokenizer", p["type"])
+        steps.append((Step.PRE_TOKENIZE_SPLIT, _string(strings, _literal(p, "pre_tokenizer")),
                       _BEHAVIORS[p["behavior"]], int(bool(p.get("invert")))))
     return steps
 
 
-def _decoder_steps(decoder, strings, where):
+def _decoder_steps(decoder, strings):
     if decoder is None:
-        raise where.unsupported("decoder", "null (tokens joined by spaces)")
+        raise _unsupported("decoder", "null (tokens joined by spaces)")
     steps = []
     for d in _flatten(decoder, "decoders"):
         if d["type"] == "Replace":
-            steps.append((Step.DECODE_REPLACE, _string(strings, _literal(d, where, "decoder")),
+            steps.append((Step.DECODE_REPLACE, _string(strings, _literal(d, "decoder")),
                           _string(strings, d["content"]), 0))
         elif d["type"] == "ByteFallback":
             steps.append((Step.DECODE_BYTE_FALLBACK, 0, 0, 0))
@@ -235,16 +234,16 @@ def _decoder_steps(decoder, strings, where):
         elif d["type"] == "Strip":
             steps.append((Step.DECODE_STRIP, _string(strings, d["content"]), d["start"], d["stop"]))
         else:
-            raise where.unsupported("decoder", d["type"])
+            raise _unsupported("decoder", d["type"])
     return steps
 
 
-def _template_steps(post_processor, where):
+def _template_steps(post_processor):
     """The single-sequence template; without a post-processor the text alone."""
     if post_processor is None:
         return [(Step.TEMPLATE_SEQUENCE, 0, 0, 0)]
     if post_processor["type"] != "TemplateProcessing":
-        raise where.unsupported("post_processor", post_processor["type"])
+        raise _unsupported("post_processor", post_processor["type"])
     steps = []
     for piece in post_processor["single"]:
         if "SpecialToken" in piece:
@@ -253,7 +252,7 @@ def _template_steps(post_processor, where):
         elif piece["Sequence"]["id"] == "A":
             steps.append((Step.TEMPLATE_SEQUENCE, 0, 0, 0))
         else:
-            raise where.error("post_processor: the single-sequence template refers to sequence B")
+            raise ValueError("post_processor: the single-sequence template refers to sequence B")
     return steps
 
 

@@ -59,6 +59,103 @@ def show_notice(text: str) -> None:
         el.hidden = False
 
 
+class Element:
+    """A DOM element. Text always goes in as text (textContent), never as HTML: model output cannot inject markup."""
+
+    _handlers: list[Any] = []  # proxies of event handlers, kept alive for the page's lifetime
+
+    def __init__(self, el: Any) -> None:
+        self._el = el
+
+    @classmethod
+    def by_id(cls, element_id: str) -> Element:
+        _need_browser()
+        el = js.document.getElementById(element_id)
+        if el is None:
+            raise LookupError(f"the page has no element #{element_id}")
+        return cls(el)
+
+    def add(self, tag: str, *, cls: str | None = None, text: str | None = None, **attrs: str) -> Element:
+        """A new child element appended to this one."""
+        el = js.document.createElement(tag)
+        if cls:
+            el.className = cls
+        if text is not None:
+            el.textContent = text
+        for k, v in attrs.items():
+            el.setAttribute(k.replace("_", "-"), v)
+        self._el.appendChild(el)
+        return Element(el)
+
+    @property
+    def text(self) -> str:
+        return str(self._el.textContent or "")
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._el.textContent = value
+
+    def append_text(self, value: str) -> None:
+        self._el.append(value)  # a text node: no parsing
+
+    @property
+    def value(self) -> str:
+        return str(self._el.value)
+
+    @value.setter
+    def value(self, v: str) -> None:
+        self._el.value = v
+
+    @property
+    def checked(self) -> bool:
+        return bool(self._el.checked)
+
+    @checked.setter
+    def checked(self, v: bool) -> None:
+        self._el.checked = v
+
+    def set(self, **props: Any) -> None:
+        """Plain DOM properties (disabled, hidden, max, ...)."""
+        for k, v in props.items():
+            setattr(self._el, k, v)
+
+    def attr(self, name: str, value: str | None) -> None:
+        if value is None:
+            self._el.removeAttribute(name)
+        else:
+            self._el.setAttribute(name, value)
+
+    def toggle_class(self, name: str, on: bool) -> None:
+        self._el.classList.toggle(name, on)
+
+    def clear(self) -> None:
+        self._el.replaceChildren()
+
+    def focus(self) -> None:
+        self._el.focus()
+
+    def submit(self) -> None:
+        """Submits a form as the user would (its submit handlers run)."""
+        self._el.requestSubmit()
+
+    def scroll_into_view(self) -> None:
+        self._el.scrollIntoView(to_js({"block": "end"}, dict_converter=js.Object.fromEntries))
+
+    def on(self, event: str, handler: Callable[[Any], Any]) -> None:
+        """Calls handler(event); a coroutine handler runs as a task (the page stays responsive)."""
+        import asyncio
+        import inspect
+
+        def call(ev: Any) -> None:
+            result = handler(ev)
+            if inspect.isawaitable(result):
+                asyncio.ensure_future(result)
+
+        proxy = create_proxy(call)
+        Element._handlers.append(proxy)
+        self._el.addEventListener(event, proxy)
+
+
 def page_url() -> str:
     _need_browser()
     return str(js.location.href)
@@ -170,10 +267,14 @@ class CachedFile:
         return (await self._blob.slice(start, start + length).arrayBuffer()).to_bytes()
 
 
-async def cache_size(cache: str, url: str) -> int | None:
-    """Size of the cached entry for `url`, None if absent."""
-    size = int(await (await _import(STORE_BRIDGE)).cachedSize(cache, url))
-    return None if size < 0 else size
+async def cache_info(cache: str, url: str) -> tuple[int, str] | None:
+    """(size, sha256 recorded by `cache_mark_verified` or "") of the cached entry for `url`; None if absent."""
+    info = await (await _import(STORE_BRIDGE)).cachedInfo(cache, url)
+    return None if info is None else (int(info.size), str(info.verified))
+
+
+async def cache_mark_verified(cache: str, url: str, sha256: str) -> None:
+    await (await _import(STORE_BRIDGE)).markVerified(cache, url, sha256)
 
 
 async def cache_file(cache: str, url: str, name: str) -> CachedFile | None:

@@ -82,24 +82,26 @@ class WebModelStore:
 
     async def ensure(self, files: Iterable[ModelFile | Mapping], on_progress: Callable[[Progress], None] | None = None,
                      *, reverify: bool = True) -> EnsureReport:
-        """Makes every file present and verified. `reverify=False` trusts files verified on an earlier visit
-        (present with the right size) and hashes only what it downloads."""
+        """Makes every file present and verified. `reverify=False` trusts a cached file that this store recorded
+        as verified with the manifest's sha256 (and that still has its size); every other file is hashed."""
         wanted = [ModelFile.of(f) for f in files]
         report = EnsureReport()
         notify = on_progress or (lambda p: None)
-        missing = []
+        missing, unverified = [], []
         for f in wanted:
-            size = await browser.cache_size(self.cache, self.url(f.path))
-            if size is None:
+            info = await browser.cache_info(self.cache, self.url(f.path))
+            if info is None:
                 missing.append(f)
-            elif size != f.bytes:
+            elif info[0] != f.bytes:
                 await browser.cache_delete(self.cache, self.url(f.path))
                 report.refetched.append(f.path)
                 missing.append(f)
+            elif reverify or info[1] != f.sha256:
+                unverified.append(f)
         await self._check_space(missing)
         report.downloaded = [f.path for f in missing if f.path not in report.refetched]
         await self._download(missing, "download", notify, report)
-        bad = await self._verify(wanted if reverify else missing, notify, report)
+        bad = await self._verify(missing + unverified, notify, report)
         if bad:
             report.refetched += [f.path for f in bad if f.path not in report.refetched]
             for f in bad:
@@ -150,7 +152,7 @@ class WebModelStore:
 
     async def _verify(self, files: list[ModelFile], notify: Callable[[Progress], None],
                       report: EnsureReport) -> list[ModelFile]:
-        """Files whose cached bytes do not hash to the expected sha256 (or have the wrong size)."""
+        """Files whose cached bytes do not hash to the expected sha256; the others are recorded as verified."""
         total = sum(f.bytes for f in files)
         start = time.monotonic()
         done = 0
@@ -162,6 +164,8 @@ class WebModelStore:
                 digest = await self._sha256_here(f)
             if digest != f.sha256:
                 bad.append(f)
+            else:
+                await browser.cache_mark_verified(self.cache, self.url(f.path), f.sha256)
             done += f.bytes
             notify(_progress("verify", f.path, done, total, start))
         report.verified_bytes += done
@@ -196,7 +200,7 @@ class WebModelStore:
         try:
             await browser.cache_download(self.cache, url, lambda n: None)
         except OSError:
-            if await browser.cache_size(self.cache, url) is None:
+            if await browser.cache_info(self.cache, url) is None:
                 raise
         cached = await browser.cache_file(self.cache, url, path)
         return await cached.read()

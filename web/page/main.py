@@ -1,15 +1,28 @@
 """Page entry: PyScript runs this once Pyodide has loaded numpy, jinja2 and webgemma (see pyscript.json).
 
-It boots, reports what it found, and in `?selftest=1` mode exposes a hook for the browser tests. The chat UI and
-engine wiring plug in at `start()`. Model output is always written as text (textContent), never as HTML.
+It loads the model (download progress, sha256 checks, WebGPU or wasm), then runs the chat. Model output is always
+written as text (textContent / text nodes), never as HTML.
+
+URL parameters, for tests and benchmarks: model=URL prompt=TEXT max_new_tokens=N temperature=T top_p=P top_k=K
+seed=S raw=1 system=TEXT thinking=1 autorun=1 backend=webgpu|wasm max_context=N verify=1 (hash cached files again)
+verbose=1 (record onnxruntime's node placement). With autorun the page generates once and sets
+window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, ...}
+(or {error} when it cannot).
 """
 
 import sys
+import time
 
 import jinja2
 import numpy as np
 import webgemma
 from webgemma import browser
+from webgemma.browser import Element
+from webgemma.chat import split_thought
+from webgemma.engine import ContextLimitError
+from webgemma.generation import GenerationSettings
+from webgemma.sampling import SamplingSettings
+from webgemma.web_model import open_web_model
 
 
 async def environment() -> dict:
@@ -24,23 +37,169 @@ async def environment() -> dict:
     }
 
 
-async def start(site: dict, env: dict) -> None:
-    """The application proper (chat UI, engine) starts here."""
-    gpu = env["webgpu"]
-    where = f"WebGPU ({gpu['vendor']} {gpu['architecture']})".replace(" )", ")") if gpu else "wasm (no WebGPU)"
-    browser.set_status(f"ready: Python {env['python']}, numpy {env['numpy']}, {where}")
+def describe_progress(p) -> str:
+    mib = 2**20
+    left = f", {p.eta:.0f} s left" if p.eta is not None else ""
+    verb = {"download": "downloading", "verify": "checking", "refetch": "downloading again"}[p.phase]
+    return f"{verb} {p.file}: {p.done / mib:.1f} of {p.total / mib:.1f} MiB ({p.percent:.0f}%){left}"
+
+
+class ChatPage:
+    """The chat UI over one loaded model: a conversation, a composer, a stop button, settings and statistics."""
+
+    def __init__(self, model, backend, params: dict):
+        self.model, self.backend, self.params = model, backend, params
+        self.el = {name: Element.by_id(name) for name in (
+            "app", "conversation", "composer", "prompt", "send", "stop", "new-chat", "stats", "system", "thinking",
+            "temperature", "top-p", "max-tokens")}
+        defaults = model.manifest.raw.get("generation", {})
+        self.el["temperature"].value = str(params.get("temperature", defaults.get("temperature", 1.0)))
+        self.el["top-p"].value = str(params.get("top_p", defaults.get("top_p", 0.95)))
+        self.el["max-tokens"].value = str(params.get("max_new_tokens", 512))
+        self.el["system"].value = params.get("system", "")
+        self.el["thinking"].checked = params.get("thinking") == "1"
+        self.chat = None
+        self.busy = False
+        self.el["composer"].on("submit", self.on_submit)
+        self.el["prompt"].on("keydown", self.on_key)
+        self.el["stop"].on("click", lambda _: model.generator.cancel())
+        self.el["new-chat"].on("click", lambda _: self.new_chat())
+
+    def settings(self) -> GenerationSettings:
+        p = self.params
+        sampling = SamplingSettings(
+            temperature=float(self.el["temperature"].value), top_p=float(self.el["top-p"].value),
+            top_k=int(p.get("top_k", 64)), seed=int(p["seed"]) if "seed" in p else None)
+        return GenerationSettings(max_new_tokens=int(self.el["max-tokens"].value), sampling=sampling)
+
+    def new_chat(self) -> None:
+        self.chat = None
+        self.el["conversation"].clear()
+        self.el["stats"].text = ""
+        self.el["prompt"].focus()
+
+    def current_chat(self):
+        system, thinking = self.el["system"].value.strip() or None, self.el["thinking"].checked
+        if self.chat is None:
+            self.chat = self.model.chat(system=system, thinking=thinking)
+        self.chat.thinking = thinking  # settings apply from the next turn; the engine re-reads what changed
+        if system is not None:
+            if self.chat.messages and self.chat.messages[0]["role"] == "system":
+                self.chat.messages[0]["content"] = system
+            else:
+                self.chat.messages.insert(0, {"role": "system", "content": system})
+        elif self.chat.messages and self.chat.messages[0]["role"] == "system":
+            self.chat.messages.pop(0)
+        return self.chat
+
+    def enable(self, ready: bool) -> None:
+        self.busy = not ready
+        for name in ("prompt", "send", "new-chat"):
+            self.el[name].set(disabled=not ready)
+        self.el["stop"].set(disabled=ready)
+
+    def on_key(self, event) -> None:
+        if event.key == "Enter" and not event.shiftKey and not event.isComposing:
+            event.preventDefault()
+            self.el["composer"].submit()
+
+    async def on_submit(self, event) -> None:
+        event.preventDefault()
+        text = self.el["prompt"].value
+        if self.busy or not text.strip():
+            return
+        self.el["prompt"].value = ""
+        await self.ask(text, raw=False)
+        self.el["prompt"].focus()
+
+    async def ask(self, text: str, raw: bool):
+        """Shows the prompt and streams the reply; returns the GenerationResult (None if it failed)."""
+        conversation = self.el["conversation"]
+        conversation.add("div", cls="message user", text=text)
+        bubble = conversation.add("div", cls="message model")
+        self.enable(False)
+        try:
+            if raw:
+                result = await self.model.generator.generate(self.model.encode_raw(text), self.settings(), bubble.append_text)
+            else:
+                result = await self.current_chat().send(text, self.settings(), bubble.append_text)
+        except ContextLimitError as e:
+            bubble.text = str(e)
+            bubble.toggle_class("failed", True)
+            return e
+        finally:
+            self.enable(True)
+        thought, answer = split_thought(result.text)
+        if thought:
+            bubble.clear()
+            bubble.add("span", cls="thought", text=thought)
+            bubble.append_text(answer)
+        s = result.stats
+        self.el["stats"].text = (f"{len(result.output_ids)} tokens · {s['tokens_per_s']:.1f} tokens/s · first token "
+                                 f"{s['ttft_ms']:.0f} ms · prompt {s['prefill_tokens_per_s']:.0f} tokens/s · {self.backend.name}"
+                                 + (" · stopped" if result.finish_reason == "cancelled" else ""))
+        bubble.scroll_into_view()
+        return result
+
+
+async def autorun(page: ChatPage, params: dict, load_ms: float) -> None:
+    outcome = await page.ask(params.get("prompt", ""), raw=params.get("raw") == "1")
+    if isinstance(outcome, Exception):
+        browser.set_global("webgemmaResult", {"error": str(outcome), "backend": page.backend.name})
+        return
+    s = outcome.stats
+    browser.set_global("webgemmaResult", {
+        "prompt_ids": outcome.prompt_ids, "output_ids": outcome.output_ids, "text": outcome.text,
+        "finish_reason": outcome.finish_reason, "backend": page.backend.name, "ttft_ms": s["ttft_ms"],
+        "tokens_per_s": s["tokens_per_s"], "prefill_tokens_per_s": s["prefill_tokens_per_s"], "load_ms": load_ms,
+    })
+
+
+async def start(site: dict, env: dict, params: dict) -> None:
+    status = browser.set_status
+    download = Element.by_id("download")
+    bar, bar_text = Element.by_id("download-bar"), Element.by_id("download-text")
+
+    def on_progress(p) -> None:
+        download.set(hidden=False)
+        bar.set(value=p.percent)
+        bar_text.text = describe_progress(p)
+
+    t0 = time.perf_counter()
+    status("loading the model…")
+    model, backend = await open_web_model(
+        params.get("model") or site["model_url"], ep=params.get("backend", "auto"), on_progress=on_progress,
+        reverify=params.get("verify") == "1", verbose_log=params.get("verbose") == "1",
+        max_context=int(params["max_context"]) if "max_context" in params else None)
+    load_ms = (time.perf_counter() - t0) * 1000
+    download.set(hidden=True)
+    if params.get("verbose") == "1":
+        placement = backend.placement
+        browser.set_global("webgemmaPlacement", {"counts": placement.counts, "nodes": placement.nodes})
+    page = ChatPage(model, backend, params)
+    Element.by_id("app").set(hidden=False)
+    quant = model.manifest.raw["quantization"]["weights"]
+    status(f"ready: {model.manifest.raw['source']['checkpoint']} ({quant}) on {backend.name}, loaded in {load_ms / 1000:.1f} s")
+    page.enable(True)
+    if params.get("autorun") == "1":
+        await autorun(page, params, load_ms)
 
 
 async def main() -> None:
+    params = {}
     try:
         site = await browser.fetch_json("site.json")
         env = await environment()
-        if browser.query_params().get("selftest") == "1":
+        params = browser.query_params()
+        if params.get("selftest") == "1":
             browser.expose_selftest(globals())
             browser.set_global("webgemmaReady", {"site": site, **env})
-        await start(site, env)
+            return
+        await start(site, env, params)
     except Exception as e:
         browser.set_status(f"error: {type(e).__name__}: {e}", error=True)
+        if params.get("autorun") == "1":
+            browser.set_global("webgemmaResult", {"error": f"{type(e).__name__}: {e}"})
         raise
 
 

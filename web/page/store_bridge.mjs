@@ -1,8 +1,21 @@
 // Cache API glue for py/storage_web.py (through py/browser.py). Keys are absolute URLs.
 
-export async function cachedSize(cacheName, url) {
+// {size, verified}: `verified` is the sha256 this store recorded after the entry passed its check, or "".
+export async function cachedInfo(cacheName, url) {
   const response = await (await caches.open(cacheName)).match(url);
-  return response ? (await response.blob()).size : -1;
+  if (!response) return null;
+  return { size: (await response.blob()).size, verified: response.headers.get("x-webgemma-sha256") ?? "" };
+}
+
+// Records that the entry passed its sha256 check: stored again with the digest as a header (the body is a
+// Blob already in the browser's storage, so this copies no bytes through JS).
+export async function markVerified(cacheName, url, sha256) {
+  const cache = await caches.open(cacheName);
+  const response = await cache.match(url);
+  if (!response) throw new Error(`${url} is not cached`);
+  await cache.put(url, new Response(await response.blob(), {
+    headers: { "content-type": "application/octet-stream", "x-webgemma-sha256": sha256 },
+  }));
 }
 
 export async function cachedBlob(cacheName, url) {
