@@ -73,7 +73,7 @@ def measure(artifact: bytes, text: str, repeats: int = 3) -> dict:
     """Best-of-`repeats` load time and encode throughput; runtime-only, so it also runs in Pyodide."""
     from webgemma.tokenizer import Tokenizer
 
-    load_s = encode_s = float("inf")
+    load_s = encode_s = warm_s = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         tokenizer = Tokenizer.from_bytes(artifact)
@@ -81,9 +81,12 @@ def measure(artifact: bytes, text: str, repeats: int = 3) -> dict:
         start = time.perf_counter()
         ids = tokenizer.encode(text)
         encode_s = min(encode_s, time.perf_counter() - start)
+        start = time.perf_counter()
+        tokenizer.encode(text)  # again: words come from the tokenizer's cache, as when a chat is re-encoded
+        warm_s = min(warm_s, time.perf_counter() - start)
     return {"vocab_size": tokenizer.vocab_size, "artifact_bytes": len(artifact), "load_s": load_s,
             "encode_chars": len(text), "encode_tokens": len(ids), "encode_s": encode_s,
-            "tokens_per_s": len(ids) / encode_s}
+            "tokens_per_s": len(ids) / encode_s, "warm_tokens_per_s": len(ids) / warm_s}
 
 
 def write_inputs(folder) -> None:
@@ -106,7 +109,8 @@ def main() -> None:
     result = measure(artifact, synthetic_text(spec))
     print(f"artifact {result['artifact_bytes'] / 2**20:.1f} MiB, load {result['load_s'] * 1e3:.0f} ms")
     print(f"encode {result['encode_chars']} chars -> {result['encode_tokens']} tokens in "
-          f"{result['encode_s'] * 1e3:.0f} ms: {result['tokens_per_s']:,.0f} tokens/s")
+          f"{result['encode_s'] * 1e3:.0f} ms: {result['tokens_per_s']:,.0f} tokens/s "
+          f"(same text again: {result['warm_tokens_per_s']:,.0f} tokens/s)")
 
 
 if __name__ == "__main__":

@@ -35,8 +35,11 @@ def chat_template(folder: Path, tok_config: dict) -> str | None:
 
 
 def read_chat_files(folder: Path, tokenizer_json: dict, config: dict) -> dict:
-    # special_tokens_map.json (older checkpoints) first, tokenizer_config.json's entries win, as in transformers
-    tok_config = {**_json(folder / "special_tokens_map.json"), **_json(folder / "tokenizer_config.json")}
+    # transformers 5.24 lets special_tokens_map.json (older checkpoints) override tokenizer_config.json's tokens
+    # unless the config lists added_tokens_decoder
+    tok_config = _json(folder / "tokenizer_config.json")
+    if "added_tokens_decoder" not in tok_config:
+        tok_config = {**tok_config, **_json(folder / "special_tokens_map.json")}
     special = special_token_variables(tok_config)
     vocab = tokenizer_json.get("model", {}).get("vocab")
     ids = dict(vocab) if isinstance(vocab, dict) else {}

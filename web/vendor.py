@@ -206,8 +206,8 @@ def installed_pure_wheel(dist_name: str, out_dir: Path) -> tuple[Path, str]:
     return write_wheel(out_dir, dist.metadata["Name"], dist.version, files, metadata), dist.version
 
 
-def runtime_wheel(out_dir: Path, source: Path = REPO / "py") -> tuple[Path, str]:
-    """webgemma-<version>-py3-none-any.whl from py/ (the `webgemma` import package only)."""
+def runtime_wheel(out_dir: Path, source: Path = REPO / "py" / "webgemma") -> tuple[Path, str]:
+    """webgemma-<version>-py3-none-any.whl from py/webgemma/ (the runtime package only)."""
     version = re.search(r'^__version__ = "([^"]+)"', (source / "__init__.py").read_text(), re.M)
     if not version:
         raise VendorError(f"{source / '__init__.py'} has no __version__")

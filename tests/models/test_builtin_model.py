@@ -186,6 +186,7 @@ def test_cached_greedy_decoding_matches_full_forward(model, tokenizer):
     words = re.findall(r"\S+", text.replace("--", " "))
     wordlike = [w for w in words if re.fullmatch(r"[A-Za-z]+(['-][A-Za-z]+)*", w.strip('.,;:!?"()\''))]
     assert len(words) >= 20 and len(wordlike) >= 0.8 * len(words), text
+    assert len({w.lower() for w in wordlike}) >= 15, f"not varied enough: {text!r}"  # an undertrained model loops
 
 
 def _corpus_module():

@@ -49,7 +49,7 @@ CONVERSATIONS = {
     "developer": [{"role": "developer", "content": "Be brief."}, USER],
     "thoughts_in_model_turns": [USER, THOUGHTFUL, USER, THOUGHTFUL],
     "tool_round_trip": [SYSTEM, USER, CALL, RESPONSE, TEXT_RESPONSE, MODEL],
-    "multipart": [MULTIPART, {"role": "assistant", "content": [{"type": "text", "text": "<|channel>x<channel|>A cat"}]}],
+    "multipart": [MULTIPART, {"role": "assistant", "content": [{"type": "text", "text": "<|channel>x<channel|>Cat"}]}],
     "control_tokens_in_text": [{"role": "system", "content": "<|think|> sys <|image|>"}, INJECTION],
     "unicode": [{"role": "user", "content": "مرحبا 中文 नमस्ते \t\n  \x00 ﬁ e\u0301"}],
 }
@@ -155,7 +155,8 @@ def test_special_token_variables_match_transformers(gemma_dir, tmp_path):
     config = json.loads((gemma_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
     config |= {"eos_token": {"__type": "AddedToken", "content": "<eos>", "lstrip": False, "normalized": False,
                              "rstrip": False, "single_word": False, "special": True},
-               "image_token": "<|image|>", "boa_token": "<|audio>", "extra_special_tokens": {"eoa_token": "<audio|>"}}
+               "image_token": "<|image|>", "boa_token": "<|audio>", "add_bos_token": True,
+               "extra_special_tokens": {"eoa_token": "<audio|>", "image_token": "<|image>", "video": "<|video|>"}}
     shutil.copy(gemma_dir / "tokenizer.json", tmp_path / "tokenizer.json")
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))

@@ -37,9 +37,9 @@ _TEXT = [
 ]
 
 
-def write_tokenizer(folder: Path) -> None:
+def write_tokenizer(folder: Path, extra_text: list[str] = ()) -> None:
     """A Gemma-style tokenizer (byte fallback, ▁ spaces, Gemma 4 control tokens) and our chat template."""
-    tok = train_gemma_style_tokenizer([t * 20 for t in _TEXT] * 5, VOCAB)
+    tok = train_gemma_style_tokenizer([t * 20 for t in _TEXT] * 5 + list(extra_text), VOCAB)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
     template = (ROOT / "models" / "chat_template.jinja").read_text()

@@ -22,6 +22,7 @@ from webgemma.chat import split_thought
 from webgemma.engine import ContextLimitError
 from webgemma.generation import GenerationSettings
 from webgemma.sampling import SamplingSettings
+from webgemma.storage_web import describe_progress
 from webgemma.web_model import open_web_model
 
 
@@ -35,13 +36,6 @@ async def environment() -> dict:
         "cross_origin_isolated": browser.cross_origin_isolated(),
         "webgpu": await browser.webgpu_adapter(),
     }
-
-
-def describe_progress(p) -> str:
-    mib = 2**20
-    left = f", {p.eta:.0f} s left" if p.eta is not None else ""
-    verb = {"download": "downloading", "verify": "checking", "refetch": "downloading again"}[p.phase]
-    return f"{verb} {p.file}: {p.done / mib:.1f} of {p.total / mib:.1f} MiB ({p.percent:.0f}%){left}"
 
 
 class ChatPage:
@@ -60,7 +54,7 @@ class ChatPage:
         self.el["thinking"].checked = params.get("thinking") == "1"
         self.chat = None
         self.busy = False
-        self.el["composer"].on("submit", self.on_submit)
+        self.el["composer"].on("submit", self.on_submit, prevent_default=True)
         self.el["prompt"].on("keydown", self.on_key)
         self.el["stop"].on("click", lambda _: model.generator.cancel())
         self.el["new-chat"].on("click", lambda _: self.new_chat())
@@ -103,8 +97,7 @@ class ChatPage:
             event.preventDefault()
             self.el["composer"].submit()
 
-    async def on_submit(self, event) -> None:
-        event.preventDefault()
+    async def on_submit(self, _event) -> None:
         text = self.el["prompt"].value
         if self.busy or not text.strip():
             return
@@ -129,11 +122,12 @@ class ChatPage:
             return e
         finally:
             self.enable(True)
+        # the streamed pieces become one text node (a long reply would otherwise be thousands of them)
         thought, answer = split_thought(result.text)
+        bubble.clear()
         if thought:
-            bubble.clear()
             bubble.add("span", cls="thought", text=thought)
-            bubble.append_text(answer)
+        bubble.append_text(answer)
         s = result.stats
         self.el["stats"].text = (f"{len(result.output_ids)} tokens · {s['tokens_per_s']:.1f} tokens/s · first token "
                                  f"{s['ttft_ms']:.0f} ms · prompt {s['prefill_tokens_per_s']:.0f} tokens/s · {self.backend.name}"
@@ -167,12 +161,15 @@ async def start(site: dict, env: dict, params: dict) -> None:
 
     t0 = time.perf_counter()
     status("loading the model…")
-    model, backend = await open_web_model(
+    model, backend, report = await open_web_model(
         params.get("model") or site["model_url"], ep=params.get("backend", "auto"), on_progress=on_progress,
         reverify=params.get("verify") == "1", verbose_log=params.get("verbose") == "1",
         max_context=int(params["max_context"]) if "max_context" in params else None)
     load_ms = (time.perf_counter() - t0) * 1000
     download.set(hidden=True)
+    if report.refetched:
+        browser.show_notice(f"Damaged model files were found in the browser's storage and downloaded again: "
+                            f"{', '.join(report.refetched)}.")
     if params.get("verbose") == "1":
         placement = backend.placement
         browser.set_global("webgemmaPlacement", {"counts": placement.counts, "nodes": placement.nodes})
@@ -194,6 +191,7 @@ async def main() -> None:
         if params.get("selftest") == "1":
             browser.expose_selftest(globals())
             browser.set_global("webgemmaReady", {"site": site, **env})
+            browser.set_status("ready: self-test mode (no model loaded)")
             return
         await start(site, env, params)
     except Exception as e:

@@ -27,25 +27,23 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .tokenizer import Tokenizer
 
-# The special tokens transformers always names; a tokenizer config may name more (any other "*_token" key).
-_NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 # Private-use characters that wrap control tokens found in the caller's strings (transformers uses the same two)
 _MARK_START, _MARK_END = "\U000f0000", "\U000f0001"
 
 
 def special_token_variables(tokenizer_config: Mapping) -> dict[str, str]:
-    """The special-token variables (`bos_token`, ...) transformers passes to the template, from tokenizer_config.json."""
-    named = {key: value for key, value in tokenizer_config.items()
-             if key in _NAMED_SPECIAL_TOKENS or (key.endswith("_token") and _token_text(value) is not None)}
-    for key in ("extra_special_tokens", "model_specific_special_tokens"):
-        if isinstance(tokenizer_config.get(key), Mapping):
-            named.update(tokenizer_config[key])
+    """The special-token variables (`bos_token`, ...) that transformers passes to templates, from tokenizer_config:
+    the "*_token" keys, then (winning, as in transformers) the names in `extra_special_tokens` if it is a dict."""
+    named = {key: value for key, value in tokenizer_config.items() if key.endswith("_token")}
+    extra = tokenizer_config.get("extra_special_tokens")
+    if isinstance(extra, Mapping):
+        named.update(extra)
     return {key: text for key, value in named.items() if (text := _token_text(value)) is not None}
 
 
 def _token_text(value):
-    # A token is written as a string or as a serialized AddedToken ({"content": ..., ...})
+    # A token is written as a string or as a serialized AddedToken ({"content": ..., "lstrip": ...})
     if isinstance(value, str):
         return value
     if isinstance(value, Mapping) and isinstance(value.get("content"), str):

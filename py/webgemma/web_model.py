@@ -11,26 +11,27 @@ from collections.abc import Callable
 from .backends.ort_web import OrtWebBackend
 from .manifest import parse_manifest
 from .model import Model, load_model
-from .storage_web import Progress, WebModelStore
+from .storage_web import EnsureReport, Progress, WebModelStore
 
 
 async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Callable[[Progress], None] | None = None,
                          reverify: bool = False, verbose_log: bool = False, prefill_chunk: int = 256,
-                         max_context: int | None = None) -> tuple[Model, OrtWebBackend]:
-    """The model at `model_url` (a folder written by `webgemma export`), ready to generate.
+                         max_context: int | None = None) -> tuple[Model, OrtWebBackend, EnsureReport]:
+    """The model at `model_url` (a folder written by `webgemma export`), ready to generate, and what the store
+    did to get its files (downloaded, refetched after a failed check).
 
     reverify: hash files already verified on an earlier visit again (otherwise a cached file is trusted when
     it was stored by this store after passing its check and still has its size).
     """
     store = WebModelStore(model_url)
     manifest = parse_manifest(await store.read("manifest.json"))
-    await store.ensure(manifest.files(), on_progress, reverify=reverify)
+    report = await store.ensure(manifest.files(), on_progress, reverify=reverify)
     graph = await store.read(manifest.decoder["graph"]["path"])
     external = {f["path"]: store.file(f["path"]) for f in manifest.decoder["external_data"]}
     backend = await OrtWebBackend.create(
         graph, external, host_outputs=[manifest.decoder["logits"]], ep=ep,
         # constant folding would materialise the Reshape of the shared embedding: a second copy of 200+ MiB
-        disabled_optimizers=["ConstantFolding"], verbose_log=verbose_log,
+        graph_optimization="disabled", verbose_log=verbose_log,
     )
     model = await load_model(store, lambda _: backend, prefill_chunk=prefill_chunk, max_context=max_context)
-    return model, backend
+    return model, backend, report

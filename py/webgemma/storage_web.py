@@ -214,6 +214,14 @@ class WebModelStore:
         return len(urls)
 
 
+def describe_progress(p: Progress) -> str:
+    """One line for the reader: "downloading decoder.000.bin: 1.2 of 3.0 MiB (40%), 3 s left"."""
+    mib = 2**20
+    left = f", {p.eta:.0f} s left" if p.eta is not None else ""
+    verb = {"download": "downloading", "verify": "checking", "refetch": "downloading again"}[p.phase]
+    return f"{verb} {p.file}: {p.done / mib:.1f} of {p.total / mib:.1f} MiB ({p.percent:.0f}%){left}"
+
+
 def _progress(phase: str, path: str, done: int, total: int, start: float) -> Progress:
     seconds = time.monotonic() - start
     eta = (total - done) * seconds / done if done and seconds > 0.5 else None

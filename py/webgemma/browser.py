@@ -50,12 +50,25 @@ def set_status(text: str, *, error: bool = False) -> None:
         el.classList.toggle("error", error)
 
 
+_notice_handler: Callable[[str], None] | None = None
+
+
+def on_notice(handler: Callable[[str], None] | None) -> None:
+    """Sends `show_notice` texts to `handler` instead of #notice (the documentation widget shows them itself and
+    must not write into a host page's own #notice)."""
+    global _notice_handler
+    _notice_handler = handler
+
+
 def show_notice(text: str) -> None:
-    """A visible notice (element #notice), e.g. that the slow wasm backend is used. Text only."""
+    """A visible notice (element #notice), e.g. that the slow wasm backend is used; notices add up. Text only."""
     _need_browser()
+    if _notice_handler is not None:
+        _notice_handler(text)
+        return
     el = js.document.getElementById("notice")
     if el is not None:
-        el.textContent = text
+        el.textContent = text if el.hidden else f"{el.textContent}\n{text}"
         el.hidden = False
 
 
@@ -119,6 +132,15 @@ class Element:
         for k, v in props.items():
             setattr(self._el, k, v)
 
+    def query(self, selector: str) -> Element | None:
+        """The first descendant matching a CSS selector, or None."""
+        el = self._el.querySelector(selector)
+        return None if el is None else Element(el)
+
+    def attribute(self, name: str) -> str | None:
+        value = self._el.getAttribute(name)
+        return None if value is None else str(value)
+
     def attr(self, name: str, value: str | None) -> None:
         if value is None:
             self._el.removeAttribute(name)
@@ -134,6 +156,18 @@ class Element:
     def focus(self) -> None:
         self._el.focus()
 
+    @property
+    def has_focus(self) -> bool:
+        return bool(self._el.matches(":focus"))
+
+    def remove(self) -> None:
+        self._el.remove()
+
+    def emit(self, event: str, detail: Any = None) -> None:
+        """Dispatches a bubbling CustomEvent whose `detail` is `detail` as plain JS (JSON-like values only)."""
+        init = {"bubbles": True, "composed": True, "detail": js.JSON.parse(json.dumps(detail))}
+        self._el.dispatchEvent(js.CustomEvent.new(event, to_js(init, dict_converter=js.Object.fromEntries)))
+
     def submit(self) -> None:
         """Submits a form as the user would (its submit handlers run)."""
         self._el.requestSubmit()
@@ -141,12 +175,15 @@ class Element:
     def scroll_into_view(self) -> None:
         self._el.scrollIntoView(to_js({"block": "end"}, dict_converter=js.Object.fromEntries))
 
-    def on(self, event: str, handler: Callable[[Any], Any]) -> None:
-        """Calls handler(event); a coroutine handler runs as a task (the page stays responsive)."""
+    def on(self, event: str, handler: Callable[[Any], Any], *, prevent_default: bool = False) -> None:
+        """Calls handler(event); a coroutine handler runs as a task (the page stays responsive), so the default
+        action is prevented here, while the event is still being dispatched, when asked."""
         import asyncio
         import inspect
 
         def call(ev: Any) -> None:
+            if prevent_default:
+                ev.preventDefault()
             result = handler(ev)
             if inspect.isawaitable(result):
                 asyncio.ensure_future(result)
@@ -161,10 +198,39 @@ def page_url() -> str:
     return str(js.location.href)
 
 
-def resolve_url(url: str) -> str:
-    """`url` made absolute against the page's URL."""
+def resolve_url(url: str, base: str | None = None) -> str:
+    """`url` made absolute against `base` (default: the page's URL)."""
     _need_browser()
-    return str(js.URL.new(url, js.document.baseURI).href)
+    return str(js.URL.new(url, base or js.document.baseURI).href)
+
+
+_asset_base: str | None = None  # where the site's own files lie (JS bridges, vendor/ort/); None: beside the page
+
+
+def set_asset_base(url: str) -> None:
+    """Resolves the site's own files against `url` instead of the page: the documentation widget's files lie
+    beside its script, on whatever page (and origin) embeds it."""
+    global _asset_base
+    _asset_base = resolve_url(url)
+
+
+def asset_url(path: str) -> str:
+    """A file of the webgemma site (bridge module, onnxruntime-web) as an absolute URL."""
+    return resolve_url(path, _asset_base)
+
+
+def page_text(selector: str | None = None) -> str:
+    """The rendered text (innerText) of the element matching `selector`, or of the page's main content: its
+    [role=main], <main> or <article>, else <body>. Raises LookupError when nothing matches."""
+    _need_browser()
+    if selector:
+        el = js.document.querySelector(selector)
+        if el is None:
+            raise LookupError(f"this page has no element matching {selector!r}")
+    else:
+        el = next((e for s in ("[role=main]", "main", "article", "body")
+                   if (e := js.document.querySelector(s)) is not None), None)
+    return "" if el is None else str(el.innerText or "")
 
 
 def query_params() -> dict[str, str]:
@@ -239,8 +305,8 @@ _modules: dict[str, Any] = {}
 
 
 async def _import(url: str) -> Any:
-    """An ES module by URL (relative to the page), imported once."""
-    url = resolve_url(url)
+    """An ES module of the site (relative to its files, see `set_asset_base`), imported once."""
+    url = asset_url(url)
     if url not in _modules:
         _modules[url] = await run_js("(url) => import(url)")(url)
     return _modules[url]
@@ -372,10 +438,11 @@ class JsSession:
 
 
 async def ort_load(bundle_url: str, wasm_url: str, num_threads: int) -> Any:
-    """The onnxruntime-web module at `bundle_url`, its wasm files under `wasm_url` (both resolved absolute)."""
+    """The onnxruntime-web module at `bundle_url`, its wasm files under `wasm_url` (both site files, resolved
+    absolute with `asset_url`)."""
     _need_browser()
     bridge = await _import(ORT_BRIDGE)
-    return await bridge.loadOrt(resolve_url(bundle_url), resolve_url(wasm_url), num_threads)
+    return await bridge.loadOrt(asset_url(bundle_url), asset_url(wasm_url), num_threads)
 
 
 async def ort_session(ort: Any, model: bytes, external_data: dict[str, CachedFile | bytes], options: dict,

@@ -42,6 +42,8 @@ class Engine:
         self.manifest, self.backend, self.rows = manifest, backend, rows
         arch, self.io = manifest.arch, manifest.decoder
         self.window = int(arch["sliding_window"])
+        # flash attention (head size ≤ 256) runs the global layers; larger heads take another, correct, kernel
+        self.flash_global = any(arch["head_dim"][t] <= 256 for t in set(arch["layer_types"]) if t == FULL)
         self.inv_freq = {t: np.asarray(v, np.float32) for t, v in arch["rope_inv_freq"].items()}
         self.prefill_chunk = prefill_chunk
         self.max_context = min(max_context or manifest.max_context, manifest.max_context)
@@ -106,9 +108,20 @@ class Engine:
         new = prompt_ids[reused:]
         if not new:  # the prompt is exactly what the cache holds
             return self.last_logits, reused
-        for i in range(0, len(new), self.prefill_chunk):
-            logits = await self._run(new[i : i + self.prefill_chunk])
+        while new:
+            n = self._chunk(len(self.tokens), len(new))
+            logits = await self._run(new[:n])
+            new = new[n:]
         return logits, reused
+
+    def _chunk(self, start: int, remaining: int) -> int:
+        """Tokens for the next prefill run: `prefill_chunk`, unless the backend's attention is wrong for long
+        unclipped chunks (see Backend.causal_prefill_limit) and this chunk would be one: every sliding layer's
+        window must then cut keys off (its cache is full) and no global layer may use flash attention."""
+        n = min(self.prefill_chunk, remaining)
+        limit = getattr(self.backend, "causal_prefill_limit", None)
+        clipped = not self.flash_global and min(start, self.window) + n > self.window
+        return min(n, limit) if limit and not clipped else n
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingSettings, *, max_new_tokens: int, stop_ids,
                        on_token: Callable[[int], Awaitable[bool] | bool] | None = None) -> GenerationResult:

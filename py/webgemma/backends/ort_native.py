@@ -9,6 +9,7 @@ import numpy as np
 
 class NativeBackend:
     name = "cpu"
+    causal_prefill_limit = None
 
     def __init__(self, model_dir: Path, manifest, threads: int = 0):
         import onnxruntime as ort  # CPython only; the browser never imports this module

@@ -87,6 +87,8 @@ class OrtWebBackend:
         self._session = session
         self.name = name  # "webgpu" or "wasm"
         self.notice = notice  # why wasm was chosen, when it was chosen for want of WebGPU
+        # see webgemma.backends.Backend: the WebGPU flash-attention prefill bug
+        self.causal_prefill_limit = 31 if name == "webgpu" else None
         self.host_outputs = list(host_outputs)
         self.input_names = session.input_names
         self.output_names = session.output_names

@@ -329,7 +329,7 @@ class _BPE:
     """BPE over one word with `tokenizers`' merge order (word.rs `merge_all`): repeatedly apply the queued merge
     of lowest rank, leftmost first, over a linked list of symbols; O(n log n) for an n-character word."""
 
-    _CACHE_SIZE = 1 << 16
+    _CACHE_SIZE = 1 << 14  # pieces; a chat uses a few thousand distinct words
     _CACHED_LENGTH = 256  # `tokenizers` caches words below this length too
 
     def __init__(self, vocab, merges, symbol_ids, flags, unk_id):

@@ -1,0 +1,208 @@
+"""The real chat page on exported tiny models, in Debian's Chromium, offline: the same tokens as
+`webgemma generate --json` in CPython on wasm and on WebGPU (SwiftShader), node placement, storage on reload,
+recovery from a damaged cache, the wasm fallback, the context limit, text-only rendering and a screenshot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from tests.support.checkpoints import make_checkpoint, write_tokenizer
+from webgemma_export.export import export
+from webgemma_site.build import build_site
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+PROMPT = "Hello there, how are you?"
+WEBGPU_TOKENS, WASM_TOKENS = 6, 16  # SwiftShader runs about a token a second on the tiny model
+RESULT_TIMEOUT_MS = 240_000
+
+
+def cli_json(model: Path, tokens: int, *extra: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "webgemma.cli", "generate", str(model), PROMPT, "--temperature", "0",
+                          "--max-new-tokens", str(tokens), "--json", *extra], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory, serve_dir):
+    base = tmp_path_factory.mktemp("page")
+    checkpoint = make_checkpoint(base / "checkpoint", kind="e2b", layout="multimodal")
+    served = {}
+    for quant in ("fp32", "int4"):
+        model = export(checkpoint, base / quant, quant=quant, log=lambda _: None)
+        served[quant] = (model, serve_dir(build_site(model, base / f"site-{quant}")))
+    return served
+
+
+def run_page(page, site, **params) -> dict:
+    page.goto(site.url + "?" + urlencode({"autorun": "1", "prompt": PROMPT, "temperature": "0", **params}))
+    page.wait_for_function("window.webgemmaResult", timeout=RESULT_TIMEOUT_MS)
+    return page.evaluate("window.webgemmaResult")
+
+
+@pytest.mark.parametrize("backend", ["wasm", "webgpu"])
+@pytest.mark.parametrize("quant", ["fp32", "int4"])
+def test_page_generates_the_cli_tokens(sites, offline_context, quant, backend):
+    model, site = sites[quant]
+    tokens = WEBGPU_TOKENS if backend == "webgpu" else WASM_TOKENS
+    context, _ = offline_context(site.url)
+    page = context.new_page()
+    result = run_page(page, site, backend=backend, max_new_tokens=tokens, verbose="1")
+    expected = cli_json(model, tokens)
+    assert result.get("error") is None, result
+    assert result["backend"] == backend
+    assert (result["prompt_ids"], result["output_ids"], result["text"]) == (expected["prompt_ids"], expected["output_ids"], expected["text"])
+    assert result["tokens_per_s"] > 0 and result["ttft_ms"] > 0 and result["prefill_tokens_per_s"] > 0
+    if backend == "webgpu":
+        placement = page.evaluate("window.webgemmaPlacement")
+        assert list(placement["counts"]) == ["WebGpuExecutionProvider"], placement  # every node, none on CPU
+
+
+def test_raw_prompt_matches_the_cli(sites, offline_context):
+    model, site = sites["int4"]
+    context, _ = offline_context(site.url)
+    result = run_page(context.new_page(), site, backend="wasm", max_new_tokens=WASM_TOKENS, raw="1")
+    expected = cli_json(model, WASM_TOKENS, "--raw")
+    assert (result["prompt_ids"], result["output_ids"]) == (expected["prompt_ids"], expected["output_ids"])
+
+
+def model_requests(traffic) -> list[str]:
+    return [u for u in traffic.requests if "/model/" in u and not u.split("?")[0].endswith("/manifest.json")]
+
+
+def test_reload_reads_every_shard_from_storage(sites, offline_context):
+    _, site = sites["int4"]
+    context, traffic = offline_context(site.url)
+    page = context.new_page()
+    assert run_page(page, site, backend="wasm", max_new_tokens="4")["output_ids"]
+    first = len(model_requests(traffic))
+    assert first >= 4  # graph, shards, table files, tokenizer
+    page.reload()
+    page.wait_for_function("window.webgemmaResult", timeout=RESULT_TIMEOUT_MS)
+    assert page.evaluate("window.webgemmaResult")["output_ids"]
+    assert len(model_requests(traffic)) == first, "the second visit downloaded model files again"
+
+
+def test_damaged_cached_shard_is_named_and_fetched_again(sites, offline_context):
+    model, site = sites["int4"]
+    shard = json.loads((model / "manifest.json").read_text())["decoder"]["external_data"][0]["path"]
+    context, traffic = offline_context(site.url)
+    page = context.new_page()
+    clean = run_page(page, site, backend="wasm", max_new_tokens="4")
+    page.evaluate("""async ([url]) => {
+        const cache = await caches.open("webgemma-model");
+        const bytes = new Uint8Array(await (await (await cache.match(url)).blob()).arrayBuffer());
+        bytes[bytes.length >> 1] ^= 0xff;  // same size, one byte flipped
+        await cache.put(url, new Response(bytes));
+    }""", [site.url + "model/" + shard])
+    before = traffic.count("model/" + shard)
+    page.reload()
+    page.wait_for_function("window.webgemmaResult", timeout=RESULT_TIMEOUT_MS)
+    assert shard in page.text_content("#notice")
+    assert traffic.count("model/" + shard) == before + 1
+    assert page.evaluate("window.webgemmaResult")["output_ids"] == clean["output_ids"]
+
+
+def test_without_webgpu_the_page_says_it_falls_back_to_wasm(sites, offline_context):
+    _, site = sites["int4"]
+    context, _ = offline_context(site.url, "Object.defineProperty(Navigator.prototype, 'gpu', {get: () => undefined});")
+    page = context.new_page()
+    assert run_page(page, site, max_new_tokens="2")["backend"] == "wasm"
+    assert page.is_visible("#notice") and "WebGPU is not available" in page.text_content("#notice")
+
+
+def test_prompt_past_the_context_limit_gets_a_message(sites, offline_context):
+    _, site = sites["int4"]
+    context, _ = offline_context(site.url)
+    page = context.new_page()
+    result = run_page(page, site, backend="wasm", max_context="24", prompt=PROMPT * 4)
+    assert "context holds 24" in result["error"]
+    assert "context holds 24" in page.text_content(".message.model.failed")
+    assert page.is_enabled("#prompt")  # the page stays usable
+
+
+def test_chat_turns_by_keyboard_reuse_the_cache_and_stop_works(sites, offline_context):
+    _, site = sites["int4"]
+    context, _ = offline_context(site.url)
+    page = context.new_page()
+    page.goto(site.url + "?backend=wasm&temperature=0&max_new_tokens=8")
+    page.wait_for_selector("#prompt:not([disabled])", timeout=RESULT_TIMEOUT_MS)
+    page.focus("#prompt")
+    page.keyboard.type("First question")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelectorAll('.message.model').length == 1 && !document.querySelector('#send').disabled")
+    page.fill("#prompt", "Second question")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelectorAll('.message.model').length == 2 && !document.querySelector('#send').disabled")
+    turns = page.evaluate("[...document.querySelectorAll('.message')].map(m => m.className)")
+    assert turns == ["message user", "message model", "message user", "message model"]
+    assert "tokens/s" in page.text_content("#stats")
+    # a long generation stopped with the stop button
+    page.click("#settings summary")  # open the settings
+    page.fill("#max-tokens", "4000")
+    page.fill("#prompt", "Third question")
+    page.keyboard.press("Enter")
+    page.wait_for_function("!document.querySelector('#stop').disabled")
+    page.click("#stop")
+    page.wait_for_function("!document.querySelector('#send').disabled", timeout=60_000)
+    assert "stopped" in page.text_content("#stats")
+
+
+@pytest.fixture(scope="module")
+def script_model(tmp_path_factory, serve_dir):
+    """A model whose greedy output is the token "<script>" over and over: every embedding shares a direction
+    that the "<script>" row holds fifty times over, so it wins the tied lm_head whatever the layers do."""
+    import numpy as np
+    import torch
+
+    from webgemma.tokenizer import Tokenizer
+    from webgemma_export.tokenizer_artifact import convert_tokenizer_json
+
+    base = tmp_path_factory.mktemp("script")
+    checkpoint = make_checkpoint(base / "checkpoint", kind="e2b")
+    write_tokenizer(checkpoint, extra_text=["<script>alert(1)</script> "] * 50)
+    token = Tokenizer.from_bytes(convert_tokenizer_json(checkpoint / "tokenizer.json")).token_to_id("<script>")
+    assert token is not None, "the tokenizer should have learned <script> as one piece"
+    tensors = load_file(checkpoint / "model.safetensors")
+    embed = tensors["model.embed_tokens.weight"].numpy()
+    direction = np.random.default_rng(0).standard_normal(embed.shape[1]).astype(np.float32)
+    direction /= np.linalg.norm(direction)
+    embed += direction
+    embed[token] += 50 * direction
+    tensors["model.embed_tokens.weight"] = torch.from_numpy(embed)
+    save_file(tensors, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    model = export(checkpoint, base / "model", quant="fp32", log=lambda _: None)
+    return model, serve_dir(build_site(model, base / "site"))
+
+
+def test_model_output_is_rendered_as_text_and_shows_in_a_screenshot(script_model, offline_context):
+    model, site = script_model
+    context, _ = offline_context(site.url)
+    page = context.new_page()
+    page.on("dialog", lambda d: pytest.fail(f"model output ran script: {d.message}"))
+    result = run_page(page, site, backend="wasm", max_new_tokens="5")
+    assert result["text"].count("<script>") == 5
+    reply = page.locator(".message.model").first
+    assert reply.text_content() == result["text"]
+    assert page.locator("#conversation script").count() == 0
+    assert "&lt;script&gt;" in reply.inner_html()
+    # The screenshot shows that text: redrawing the same bubble with the CLI's text gives the same pixels, and
+    # an emptied bubble does not.
+    box = {k: round(v) for k, v in reply.bounding_box().items()}
+
+    def picture() -> bytes:
+        return page.screenshot(clip=box, full_page=True, animations="disabled", caret="hide")
+
+    shot = picture()
+    redraw = "([text]) => { document.querySelector('.message.model').textContent = text; }"
+    page.evaluate(redraw, [cli_json(model, 5)["text"]])
+    assert picture() == shot
+    page.evaluate(redraw, [""])
+    assert picture() != shot
