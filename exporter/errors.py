@@ -1,7 +1,7 @@
 """The exporter's errors: each names the problem and what to do about it."""
 
 
-class ExportError(Exception):
+class ExportError(ValueError):
     """An export that cannot proceed; the message is meant for the user as is."""
 
 

@@ -55,7 +55,7 @@ def model_config(vocab_size: int, special: dict[str, int]):
     return Gemma4TextConfig(
         vocab_size=vocab_size,
         vocab_size_per_layer_input=vocab_size,
-        hidden_size=176,  # 1536; sqrt(176) is not a bf16 number, like sqrt(1536): the embed scale rounds in bf16
+        hidden_size=160,  # 1536; a multiple of the 32-value quantization block; sqrt(160), like sqrt(1536), is no bf16 number
         intermediate_size=256,  # 6144; double wide (512) on the KV-shared layers
         num_hidden_layers=layers,
         layer_types=(["sliding_attention"] * 4 + ["full_attention"]) * (layers // 5),  # (S,S,S,S,G)×7, last global

@@ -221,14 +221,15 @@ def asset_url(path: str) -> str:
 
 def page_text(selector: str | None = None) -> str:
     """The rendered text (innerText) of the element matching `selector`, or of the page's main content: its
-    [role=main], <main> or <article>, else <body>. Raises LookupError when nothing matches."""
+    [role=main], else its first <article> (MkDocs Material, Docusaurus: <main> holds the sidebars too), else <main>,
+    else <body>. Raises LookupError when nothing matches."""
     _need_browser()
     if selector:
         el = js.document.querySelector(selector)
         if el is None:
             raise LookupError(f"this page has no element matching {selector!r}")
     else:
-        el = next((e for s in ("[role=main]", "main", "article", "body")
+        el = next((e for s in ("[role=main]", "article", "main", "body")
                    if (e := js.document.querySelector(s)) is not None), None)
     return "" if el is None else str(el.innerText or "")
 
@@ -237,6 +238,18 @@ def query_params() -> dict[str, str]:
     _need_browser()
     params = js.URLSearchParams.new(js.location.search)
     return {str(k): str(v) for k, v in params.entries()}
+
+
+def memory_usage() -> dict:
+    """What the page holds: the JS heap (Chrome's performance.memory) and Pyodide's wasm memory, in bytes."""
+    _need_browser()
+    import pyodide_js
+
+    memory = getattr(js.performance, "memory", None)
+    return {
+        "js_heap_bytes": int(memory.usedJSHeapSize) if memory else None,
+        "pyodide_wasm_bytes": int(pyodide_js._module.HEAPU8.byteLength),
+    }
 
 
 def cross_origin_isolated() -> bool:

@@ -91,6 +91,10 @@ def _generate(args) -> None:
     from .sampling import SamplingSettings
     from .storage_local import LocalStore
 
+    if not (args.model / "manifest.json").is_file():
+        raise FileNotFoundError(f"{args.model} is not a webgemma model folder (no manifest.json): "
+                                f"create one with `webgemma export CHECKPOINT_DIR {args.model}`")
+
     async def run():
         model = await load_model(LocalStore(args.model), lambda m: NativeBackend(args.model, m))
         defaults = model.manifest.raw.get("generation", {})

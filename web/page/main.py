@@ -5,7 +5,9 @@ written as text (textContent / text nodes), never as HTML.
 
 URL parameters, for tests and benchmarks: model=URL prompt=TEXT max_new_tokens=N temperature=T top_p=P top_k=K
 seed=S raw=1 system=TEXT thinking=1 autorun=1 backend=webgpu|wasm max_context=N verify=1 (hash cached files again)
-verbose=1 (record onnxruntime's node placement). With autorun the page generates once and sets
+verbose=1 (record onnxruntime's node placement) prefill_chunk=N; for benchmarks prompt_tokens=N (a synthetic raw
+prompt of N token ids) and ignore_stop=1 (generate max_new_tokens whatever is sampled). With autorun the page
+generates once and sets
 window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, ...}
 (or {error} when it cannot).
 """
@@ -136,8 +138,20 @@ class ChatPage:
         return result
 
 
+def synthetic_prompt(tokenizer, length: int) -> list[int]:
+    """<bos> and `length - 1` deterministic ordinary token ids: prompts of an exact length for benchmarks."""
+    first = len(tokenizer.special_ids)
+    return [tokenizer.token_to_id("<bos>")] + [first + (i * 7919) % (tokenizer.vocab_size - first) for i in range(length - 1)]
+
+
 async def autorun(page: ChatPage, params: dict, load_ms: float) -> None:
-    outcome = await page.ask(params.get("prompt", ""), raw=params.get("raw") == "1")
+    if params.get("ignore_stop") == "1":
+        page.model.generator.stop_token_ids = []
+    if "prompt_tokens" in params:
+        model, ids = page.model, synthetic_prompt(page.model.tokenizer, int(params["prompt_tokens"]))
+        outcome = await model.generator.generate(ids, page.settings())
+    else:
+        outcome = await page.ask(params.get("prompt", ""), raw=params.get("raw") == "1")
     if isinstance(outcome, Exception):
         browser.set_global("webgemmaResult", {"error": str(outcome), "backend": page.backend.name})
         return
@@ -146,6 +160,7 @@ async def autorun(page: ChatPage, params: dict, load_ms: float) -> None:
         "prompt_ids": outcome.prompt_ids, "output_ids": outcome.output_ids, "text": outcome.text,
         "finish_reason": outcome.finish_reason, "backend": page.backend.name, "ttft_ms": s["ttft_ms"],
         "tokens_per_s": s["tokens_per_s"], "prefill_tokens_per_s": s["prefill_tokens_per_s"], "load_ms": load_ms,
+        "memory": browser.memory_usage(),
     })
 
 
@@ -164,7 +179,8 @@ async def start(site: dict, env: dict, params: dict) -> None:
     model, backend, report = await open_web_model(
         params.get("model") or site["model_url"], ep=params.get("backend", "auto"), on_progress=on_progress,
         reverify=params.get("verify") == "1", verbose_log=params.get("verbose") == "1",
-        max_context=int(params["max_context"]) if "max_context" in params else None)
+        max_context=int(params["max_context"]) if "max_context" in params else None,
+        prefill_chunk=int(params.get("prefill_chunk", 512)))
     load_ms = (time.perf_counter() - t0) * 1000
     download.set(hidden=True)
     if report.refetched:

@@ -1,4 +1,6 @@
-"""The decoder on CPython's onnxruntime (CPU): the reference the browser is compared against."""
+"""The decoder on CPython's onnxruntime: the CPU EP (the reference the browser is compared against), or the same
+WebGPU kernels as the browser's, natively through Dawn (PyPI `onnxruntime-ep-webgpu`), for the browser/native ratio.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +10,68 @@ import numpy as np
 
 
 class NativeBackend:
-    name = "cpu"
     causal_prefill_limit = None
 
-    def __init__(self, model_dir: Path, manifest, threads: int = 0):
+    def __init__(self, model_dir: Path, manifest, threads: int = 0, provider: str = "cpu"):
         import onnxruntime as ort  # CPython only; the browser never imports this module
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if provider == "webgpu":
+            options.add_provider_for_devices([_webgpu_device(ort)], {})
+            providers = None
+            self.causal_prefill_limit = 31  # the same kernels as the browser's: see webgemma.backends.Backend
+        elif provider != "cpu":
+            raise ValueError(f"provider must be 'cpu' or 'webgpu', not {provider!r}")
+        self.name = provider
         # Constant folding would copy the tied embedding (its Reshape of a shared weight): as in the browser.
-        self.session = ort.InferenceSession(
-            str(Path(model_dir) / manifest.decoder["graph"]["path"]), options,
-            providers=["CPUExecutionProvider"], disabled_optimizers=["ConstantFolding"],
-        )
+        self.session = ort.InferenceSession(str(Path(model_dir) / manifest.decoder["graph"]["path"]), options,
+                                            providers=providers, disabled_optimizers=["ConstantFolding"])
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._device_outputs = provider == "webgpu"
+        self._ort = ort
 
-    async def run(self, feeds: dict[str, np.ndarray], host_outputs: list[str]) -> dict[str, np.ndarray]:
+    async def run(self, feeds: dict, host_outputs: list[str]) -> dict:
+        if self._device_outputs:
+            try:
+                return self._run_bound(feeds, host_outputs)
+            except Exception as e:  # noqa: BLE001 - an onnxruntime without WebGPU device binding: say so, go on
+                print(f"webgemma: device-resident outputs unavailable ({e}); the cache goes through host memory")
+                self._device_outputs = False
+                feeds = {k: v if isinstance(v, np.ndarray) else v.numpy() for k, v in feeds.items()}
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
+    def _run_bound(self, feeds: dict, host_outputs: list[str]) -> dict:
+        """One run with the non-host outputs left in GPU memory (the cache), as the browser does."""
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            if name in host_outputs:
+                binding.bind_output(name, "cpu")
+            else:
+                binding.bind_output(name, "webgpu")
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        return {n: (v.numpy() if n in host_outputs else v) for n, v in zip(self.output_names, values)}
+
     def release(self, handle) -> None:
-        pass  # numpy arrays are freed by the garbage collector
+        pass  # numpy arrays and OrtValues are freed by the garbage collector
 
     def close(self) -> None:
         self.session = None
+
+
+def _webgpu_device(ort):
+    import onnxruntime_ep_webgpu as webgpu
+
+    ort.register_execution_provider_library("webgpu", webgpu.get_library_path())
+    device = next((d for d in ort.get_ep_devices() if d.ep_name == webgpu.get_ep_name()), None)
+    if device is None:
+        raise RuntimeError("onnxruntime-ep-webgpu found no WebGPU device (a GPU and libvulkan.so.1 are needed)")
+    return device

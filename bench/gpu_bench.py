@@ -1,0 +1,272 @@
+"""GPU benchmark of real-size Gemma 4 E2B / E4B (random int4 weights) on an NVIDIA H100/H200 host.
+
+Subcommands, run on the GPU machine (see BENCHMARKS.md for the whole session):
+
+    prepare   --kinds e2b e4b     write random bf16 checkpoints (real configs) and export them int4
+    browser   --kind e2b          the real page in headless Chromium with WebGPU (CHROMIUM, CHROMIUM_GPU_FLAGS from
+                                  ../shared/gpu-browser/setup.sh): cold and warm load, decode at 128/1024/4096
+                                  tokens of context, prefill of 512/4096 tokens, time to first token, peak GPU
+                                  memory, the page's heap and the renderer's resident memory
+    native    --kind e2b          the same graph and runtime through native Dawn (onnxruntime-ep-webgpu)
+    torch     --kind e2b          transformers' PyTorch CUDA decode of the same checkpoint (bf16)
+    bandwidth                     a device-to-device copy: the memory bandwidth behind the decode floor
+
+Each subcommand adds its figures to RESULTS (default $OUT/results.json) and prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONTEXTS = (128, 1024, 4096)  # decode speed after prompts of these lengths (--contexts to try the harness small)
+PROMPT = 512  # prefill speed and time to first token
+DECODE_TOKENS = 128
+
+
+def results_path(a) -> Path:
+    return Path(a.results or Path(os.environ.get("OUT", ".")) / "results.json")
+
+
+def record(a, section: str, values: dict) -> None:
+    path = results_path(a)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.setdefault(section, {}).update(values)
+    path.write_text(json.dumps(data, indent=1))
+    print(json.dumps({section: values}, indent=1), flush=True)
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def prepare(a) -> None:
+    from bench.full_size import write_checkpoint
+    from webgemma_export.export import export
+
+    for kind in a.kinds:
+        t = time.perf_counter()
+        checkpoint = write_checkpoint(kind, a.work / f"gemma-4-{kind}-random")
+        written = time.perf_counter() - t
+        model = a.work / f"{kind}-int4"
+        if not (model / "manifest.json").is_file():
+            shutil.rmtree(model, ignore_errors=True)
+            export(checkpoint, model, quant="int4", log=lambda s: print(s, flush=True))
+        record(a, f"{kind}/prepare", {"checkpoint_s": round(written, 1), "export_s": round(time.perf_counter() - t - written, 1)})
+
+
+# ---------------------------------------------------------------- browser
+
+
+class Sampler(threading.Thread):
+    """Peak GPU memory (nvidia-smi) and peak resident memory of any Chromium process, sampled every 0.2 s."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.gpu_mib = 0
+        self.rss = {}  # process kind → peak KiB
+        self.running = True
+
+    def run(self):
+        has_gpu = shutil.which("nvidia-smi") is not None
+        while self.running:
+            if has_gpu:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True).stdout.split()
+                self.gpu_mib = max([self.gpu_mib, *map(int, out)])
+            for proc in Path("/proc").iterdir():
+                try:
+                    cmd = (proc / "cmdline").read_bytes().split(b"\0")
+                    if b"chrom" not in cmd[0]:
+                        continue
+                    kind = next((c.split(b"=")[1].decode() for c in cmd if c.startswith(b"--type=")), "browser")
+                    rss = next(int(line.split()[1]) for line in (proc / "status").read_text().splitlines() if line.startswith("VmRSS"))
+                    self.rss[kind] = max(self.rss.get(kind, 0), rss)
+                except (OSError, StopIteration, ValueError, IndexError):
+                    pass
+            time.sleep(0.2)
+
+
+def browser(a) -> None:
+    from webgemma_site.serve import make_server
+
+    site = a.site
+    model_link = site / "model"
+    if model_link.is_symlink() or model_link.exists():
+        model_link.unlink() if model_link.is_symlink() else shutil.rmtree(model_link)
+    model_link.symlink_to(a.work / f"{a.kind}-int4")
+    server = make_server(site, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+
+    port = 9333
+    profile = Path(f"/tmp/chromium-profile-{a.kind}")
+    shutil.rmtree(profile, ignore_errors=True)
+    # cdp.py opens pages in new tabs, which Chromium would treat as background tabs and throttle
+    flags = os.environ["CHROMIUM_GPU_FLAGS"].split() + [
+        "--disable-background-timer-throttling", "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows"]
+    chromium = subprocess.Popen([os.environ["CHROMIUM"], *flags, f"--remote-debugging-port={port}",
+                                 f"--user-data-dir={profile}", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sampler = Sampler()
+    sampler.start()
+    try:
+        runs = {}
+
+        def page(name: str, **params) -> dict:
+            query = {"autorun": "1", "backend": "webgpu", "temperature": "0", "ignore_stop": "1", **params}
+            t = time.perf_counter()
+            result = cdp_result(port, base + "?" + urlencode(query), a.cdp, timeout=a.timeout)
+            result["wall_s"] = round(time.perf_counter() - t, 2)
+            runs[name] = result
+            print(name, json.dumps({k: v for k, v in result.items() if k not in ("prompt_ids", "output_ids", "text")}), flush=True)
+            if "error" in result:
+                raise SystemExit(f"{name}: {result['error']}")
+            return result
+
+        contexts, tokens = a.contexts, a.decode_tokens
+        cold = page("cold", prompt_tokens=contexts[0], max_new_tokens=tokens)
+        warm = page("warm", prompt_tokens=contexts[0], max_new_tokens=tokens)
+        ttft = page("prompt", prompt_tokens=a.prompt, max_new_tokens=8)
+        long = {n: page(f"context{n}", prompt_tokens=n, max_new_tokens=tokens) for n in contexts[1:]}
+    finally:
+        sampler.running = False
+        chromium.terminate()
+        server.shutdown()
+    decode = {n: long[n]["tokens_per_s"] for n in contexts[1:]}
+    decode[contexts[0]] = warm["tokens_per_s"]
+    record(a, f"{a.kind}/browser", {
+        "load_cold_s": round(cold["load_ms"] / 1000, 2), "load_warm_s": round(warm["load_ms"] / 1000, 2),
+        "decode_tokens_per_s": {str(k): round(v, 1) for k, v in sorted(decode.items())},
+        "prefill_tokens_per_s": {str(a.prompt): round(ttft["prefill_tokens_per_s"]),
+                                 str(contexts[-1]): round(long[contexts[-1]]["prefill_tokens_per_s"])},
+        f"ttft_ms_{a.prompt}": round(ttft["ttft_ms"], 1),
+        "peak_gpu_memory_gib": round(sampler.gpu_mib / 1024, 2),
+        "page_memory": warm["memory"],
+        "peak_rss_gib": {k: round(v / 2**20, 2) for k, v in sampler.rss.items()},
+    })
+
+
+def cdp_result(port: int, url: str, cdp: Path, timeout: float) -> dict:
+    """Opens `url` in a new tab through cdp.py (../shared/gpu-browser), returns window.webgemmaResult, closes tabs."""
+    # DevTools' /json/new?URL ends the URL at its first '&' unless it is escaped
+    out = subprocess.run([sys.executable, str(cdp), str(port), url.replace("&", "%26"), "--expr", "window.webgemmaResult", "--timeout", str(timeout)],
+                         capture_output=True, text=True)
+    for tab in json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list").read()):
+        if tab.get("type") == "page" and tab["url"].startswith("http://127.0.0.1"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/json/close/{tab['id']}").read()
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return {"error": f"no result (cdp.py exit {out.returncode}): {out.stderr[-2000:]}"}
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------- native Dawn
+
+
+def native(a) -> None:
+    from webgemma.backends.ort_native import NativeBackend
+    from webgemma.generation import GenerationSettings
+    from webgemma.model import load_model
+    from webgemma.sampling import SamplingSettings
+    from webgemma.storage_local import LocalStore
+
+    model_dir = a.work / f"{a.kind}-int4"
+
+    async def run():
+        t = time.perf_counter()
+        model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m, provider="webgpu"), prefill_chunk=512)
+        load = time.perf_counter() - t
+        model.generator.stop_token_ids = []
+        greedy = SamplingSettings(temperature=0)
+        out = {"load_s": round(load, 2), "decode_tokens_per_s": {}, "prefill_tokens_per_s": {}}
+        vocab = model.tokenizer.vocab_size
+        for n in sorted({a.prompt, *a.contexts}):
+            ids = [2] + [30 + (i * 7919) % (vocab - 30) for i in range(n - 1)]
+            model.engine.reset()
+            r = await model.generator.generate(ids, GenerationSettings(max_new_tokens=a.decode_tokens, sampling=greedy))
+            if n in a.contexts:
+                out["decode_tokens_per_s"][str(n)] = round(r.stats["tokens_per_s"], 1)
+            if n in (a.prompt, a.contexts[-1]):
+                out["prefill_tokens_per_s"][str(n)] = round(r.stats["prefill_tokens_per_s"])
+            if n == a.prompt:
+                out[f"ttft_ms_{n}"] = round(r.stats["ttft_ms"], 1)
+        out["cache_on_device"] = model.engine.backend._device_outputs
+        return out
+
+    record(a, f"{a.kind}/native", asyncio.run(run()))
+
+
+# ---------------------------------------------------------------- PyTorch CUDA reference
+
+
+def torch_reference(a) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = a.work / f"gemma-4-{a.kind}-random"
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16).cuda().eval()
+    out = {"decode_tokens_per_s": {}, "transformers": __import__("transformers").__version__, "torch": torch.__version__}
+    for n in a.contexts:
+        ids = torch.tensor([[2] + [30 + (i * 7919) % 4000 for i in range(n - 1)]], device="cuda")
+        kwargs = dict(do_sample=False, min_new_tokens=a.decode_tokens, max_new_tokens=a.decode_tokens)
+        model.generate(ids, **{**kwargs, "min_new_tokens": 8, "max_new_tokens": 8})  # warm-up
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(ids, **{**kwargs, "min_new_tokens": 1, "max_new_tokens": 1})
+        torch.cuda.synchronize()
+        prefill = time.perf_counter() - t
+        t = time.perf_counter()
+        model.generate(ids, **kwargs)
+        torch.cuda.synchronize()
+        out["decode_tokens_per_s"][str(n)] = round((a.decode_tokens - 1) / (time.perf_counter() - t - prefill), 1)
+    record(a, f"{a.kind}/torch_cuda", out)
+
+
+def bandwidth(a) -> None:
+    import torch
+
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(20):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t) / 20
+    record(a, "device", {"name": torch.cuda.get_device_name(), "copy_gb_per_s_read_plus_write": round(2 * x.numel() / seconds / 1e9)})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["prepare", "browser", "native", "torch", "bandwidth"])
+    p.add_argument("--kinds", nargs="+", default=["e2b", "e4b"])
+    p.add_argument("--kind", default="e2b")
+    p.add_argument("--work", type=Path, default=Path("/tmp/wgb"))
+    p.add_argument("--site", type=Path, default=Path("/tmp/wgb/site"))
+    p.add_argument("--cdp", type=Path, default=ROOT / ".gpu" / "tools" / "cdp.py")
+    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--results")
+    p.add_argument("--contexts", nargs="+", type=int, default=list(CONTEXTS))
+    p.add_argument("--prompt", type=int, default=PROMPT)
+    p.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS)
+    a = p.parse_args()
+    a.work.mkdir(parents=True, exist_ok=True)
+    {"prepare": prepare, "browser": browser, "native": native, "torch": torch_reference, "bandwidth": bandwidth}[a.command](a)
+
+
+if __name__ == "__main__":
+    main()
