@@ -99,6 +99,7 @@ def export(checkpoint_dir, out_dir, *, quant: str = "int4", block_size: int = 32
                 "kv_length": io.kv_length,
                 "cache": io.cache,
                 "logits": "logits",
+                "top_k": io.top_k,
             },
             "per_layer_table": table,
             "tokenizer": _file_entry("tokenizer.bin", tokenizer_bytes),

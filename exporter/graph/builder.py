@@ -76,9 +76,16 @@ class GraphBuilder:
         return name
 
     def output(self, value: str, name: str, dtype, shape: list) -> str:
-        """Expose `value` as graph output `name` (through an Identity when the names differ)."""
+        """Expose the node output `value` as graph output `name`, renaming it where it is produced and used (an
+        Identity would copy it every run: the KV cache, for one)."""
         if value != name:
-            self.nodes.append(helper.make_node("Identity", [value], [name], name=f"/{name}/Identity"))
+            if name in self._names:
+                raise ValueError(f"graph output name {name!r} is already taken")
+            for node in self.nodes:
+                for names in (node.output, node.input):
+                    for i, n in enumerate(names):
+                        if n == value:
+                            names[i] = name
             self._names.add(name)
         self.outputs.append(helper.make_tensor_value_info(name, ONNX_TYPES[np.dtype(dtype)], shape))
         return name

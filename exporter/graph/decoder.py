@@ -30,6 +30,7 @@ from .norms import add_rms_norm, rms_norm
 from .per_layer import per_layer_inputs, per_layer_residual, split_per_layer, token_rows
 
 SHARED_SLIDING = "shared_sliding_attention"  # a shared sliding layer's view: the source cache, at most one window
+TOP_K = 64  # Gemma's generation config samples from the 64 best tokens
 _END = np.iinfo(np.int64).max
 
 
@@ -37,6 +38,7 @@ _END = np.iinfo(np.int64).max
 class DecoderIO:
     """Graph input/output names, written to the manifest so the runtime never guesses them."""
 
+    top_k: dict = field(default_factory=dict)  # {"k", "values", "ids"}: the best logits, so a step reads 64, not 262k
     rope: dict[str, dict[str, str]] = field(default_factory=dict)  # layer type → {"cos", "sin"}
     kv_length: dict[str, dict[str, str]] = field(default_factory=dict)  # view → {"seqlens_k", "total"}
     cache: list[dict] = field(default_factory=list)
@@ -92,7 +94,12 @@ def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, f
         if arch.final_logit_softcapping:
             cap = g.const(np.float32(arch.final_logit_softcapping), np.float32)
             logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, cap])]), cap])
+        # Greedy and top-k sampling need only the best candidates: found on the device, read back small.
+        k = min(TOP_K, arch.vocab_size)
+        values, ids = g.op("TopK", [logits, g.const([k])], 2, axis=-1, largest=1, sorted=1)
     g.output(logits, "logits", np.float32, [1, arch.vocab_size])
+    io.top_k = {"k": k, "values": g.output(values, "top_logits", np.float32, [1, k]),
+                "ids": g.output(ids, "top_ids", np.int64, [1, k])}
     return g, io
 
 

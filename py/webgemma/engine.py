@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,6 +25,13 @@ FULL, SLIDING, SHARED_SLIDING = "full_attention", "sliding_attention", "shared_s
 
 class ContextLimitError(ValueError):
     """The prompt does not fit the model's context."""
+
+
+class Scores(NamedTuple):
+    """The last position's logits: all of them (`ids` None), or the best few and their token ids."""
+
+    values: np.ndarray
+    ids: np.ndarray | None = None
 
 
 @dataclass
@@ -49,7 +56,8 @@ class Engine:
         self.max_context = min(max_context or manifest.max_context, manifest.max_context)
         self.tokens: list[int] = []
         self.cache: dict[str, Any] = {}
-        self.last_logits: np.ndarray | None = None
+        self.last: Scores | None = None
+        self.timing = {"rows": 0.0, "run": 0.0, "steps": 0}  # seconds spent reading table rows / in run()
         self.reset()
 
     def reset(self) -> None:
@@ -59,7 +67,7 @@ class Engine:
         for c in self.io["cache"]:
             empty = np.zeros((1, c["num_key_value_heads"], 0, c["head_dim"]), np.float32)
             self.cache[c["past_key"]] = self.cache[c["past_value"]] = empty
-        self.tokens, self.last_logits = [], None
+        self.tokens, self.last = [], None
 
     def _release(self, handles: dict) -> None:
         for handle in handles.values():
@@ -71,11 +79,14 @@ class Engine:
         sliding = min(start, self.window) + count
         return {FULL: start + count, SLIDING: sliding, SHARED_SLIDING: min(sliding, self.window)}
 
-    async def _run(self, ids: list[int]) -> np.ndarray:
-        """One graph run over `ids` following the cached tokens; returns the last position's logits."""
+    async def _run(self, ids: list[int], top_k: bool = False) -> Scores:
+        """One graph run over `ids` following the cached tokens; returns the last position's scores (all the
+        logits, or with `top_k` only the best ones, found on the device)."""
         start, count = len(self.tokens), len(ids)
         positions = np.arange(start, start + count)
+        t0 = time.perf_counter()
         feeds = {self.io["inputs"]["input_ids"]: np.asarray([ids], np.int64), **await self.rows.feeds(ids)}
+        t1 = time.perf_counter()
         for kind, names in self.io["rope"].items():
             feeds[names["cos"]], feeds[names["sin"]] = rope_tables(self.inv_freq[kind], positions)
         lengths = self._lengths(start, count)
@@ -83,17 +94,26 @@ class Engine:
             feeds[names["seqlens_k"]] = np.asarray([lengths[view] - 1], np.int32)
             feeds[names["total"]] = np.asarray(lengths[view], np.int32)
         feeds.update(self.cache)
-        out = await self.backend.run(feeds, [self.io["logits"]])
+        top = self.io["top_k"]
+        host = [top["values"], top["ids"]] if top_k else [self.io["logits"]]
+        out = await self.backend.run(feeds, host)
+        self.timing["rows"] += t1 - t0
+        self.timing["run"] += time.perf_counter() - t1
+        self.timing["steps"] += 1
         old, self.cache = self.cache, {}
         for c in self.io["cache"]:
-            self.cache[c["past_key"]], self.cache[c["past_value"]] = out[c["present_key"]], out[c["present_value"]]
+            self.cache[c["past_key"]], self.cache[c["past_value"]] = out.pop(c["present_key"]), out.pop(c["present_value"])
         self._release(old)
+        self._release({name: out.pop(name) for name in list(out) if name not in host})  # outputs nobody reads
         self.tokens.extend(ids)
-        self.last_logits = np.asarray(out[self.io["logits"]]).reshape(-1)
-        return self.last_logits
+        if top_k:
+            self.last = Scores(np.asarray(out[top["values"]]).reshape(-1), np.asarray(out[top["ids"]]).reshape(-1))
+        else:
+            self.last = Scores(np.asarray(out[self.io["logits"]]).reshape(-1))
+        return self.last
 
-    async def prefill(self, prompt_ids: list[int]) -> tuple[np.ndarray, int]:
-        """Bring the cache to `prompt_ids`; returns (last logits, number of cached tokens reused)."""
+    async def prefill(self, prompt_ids: list[int], top_k: bool = False) -> tuple[Scores, int]:
+        """Bring the cache to `prompt_ids`; returns (last scores, number of cached tokens reused)."""
         if not prompt_ids:
             raise ValueError("the prompt is empty: give at least one token (a chat prompt starts with <bos>)")
         if len(prompt_ids) >= self.max_context:
@@ -102,17 +122,18 @@ class Engine:
                 "start a new chat or shorten the message."
             )
         reused = len(self.tokens)
-        if prompt_ids[:reused] != self.tokens or (reused == len(prompt_ids) and self.last_logits is None):
+        exact = reused == len(prompt_ids) and self.last is not None and (self.last.ids is not None) == top_k
+        if prompt_ids[:reused] != self.tokens or (reused == len(prompt_ids) and not exact):
             self.reset()
             reused = 0
         new = prompt_ids[reused:]
         if not new:  # the prompt is exactly what the cache holds
-            return self.last_logits, reused
+            return self.last, reused
         while new:
             n = self._chunk(len(self.tokens), len(new))
-            logits = await self._run(new[:n])
+            scores = await self._run(new[:n], top_k=top_k or n < len(new))  # only the last chunk's are read
             new = new[n:]
-        return logits, reused
+        return scores, reused
 
     def _chunk(self, start: int, remaining: int) -> int:
         """Tokens for the next prefill run: `prefill_chunk`, unless the backend's attention is wrong for long
@@ -127,18 +148,20 @@ class Engine:
                        on_token: Callable[[int], Awaitable[bool] | bool] | None = None) -> GenerationResult:
         """Sample up to `max_new_tokens`. `on_token` sees each token and returns True to stop (stop strings, cancel)."""
         result = GenerationResult(list(prompt_ids))
-        t0 = time.perf_counter()
-        logits, reused = await self.prefill(result.prompt_ids)
-        t_prefill = time.perf_counter()
         sampler, stop_ids = Sampler(sampling), set(stop_ids)
+        top_k = not sampler.needs_all_logits(self.io["top_k"]["k"])
+        t0 = time.perf_counter()
+        scores, reused = await self.prefill(result.prompt_ids, top_k)
+        t_prefill = time.perf_counter()
         history = list(result.prompt_ids)
         decode_start = None
         while True:
-            token = sampler(logits, history)
+            token = sampler(scores.values, history, scores.ids)
             result.output_ids.append(token)
             history.append(token)
             if decode_start is None:
                 decode_start = time.perf_counter()
+                self.timing = {"rows": 0.0, "run": 0.0, "steps": 0}
             if token in stop_ids:
                 result.finish_reason = "stop"
                 break
@@ -155,7 +178,7 @@ class Engine:
             if len(self.tokens) + 1 >= self.max_context:
                 result.finish_reason = "context"
                 break
-            logits = await self._run([token])
+            scores = await self._run([token], top_k)
         t_end = time.perf_counter()
         fed = len(result.prompt_ids) - reused
         decoded = len(result.output_ids) - 1
@@ -166,5 +189,8 @@ class Engine:
             "prefill_tokens_per_s": fed / max(t_prefill - t0, 1e-9),
             "tokens_per_s": decoded / (t_end - decode_start) if decoded > 0 else 0.0,
             "backend": self.backend.name,
+            # where a decode step's time goes: reading table rows, the graph run (with read-back), the rest
+            "ms_per_step": {k: 1000 * v / max(self.timing["steps"], 1) for k, v in self.timing.items() if k != "steps"}
+            | {"total": 1000 * (t_end - decode_start) / max(decoded, 1)},
         }
         return result

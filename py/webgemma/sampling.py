@@ -38,13 +38,29 @@ class Sampler:
         self.settings = settings
         self.rng = np.random.default_rng(settings.seed)
 
-    def __call__(self, logits: np.ndarray, previous: list[int]) -> int:
+    def needs_all_logits(self, candidates: int) -> bool:
+        """Whether sampling needs every logit, or only the `candidates` best (greedy, top-k within them).
+
+        A repetition penalty ≥ 1 only lowers scores, so it cannot lift a token into the best candidates."""
+        s = self.settings
+        return not (s.temperature == 0 or 0 < s.top_k <= candidates) or s.repetition_penalty < 1.0
+
+    def __call__(self, logits: np.ndarray, previous: list[int], ids: np.ndarray | None = None) -> int:
+        """The next token from all logits, or from the best candidates' logits when their token `ids` are given."""
         s = self.settings
         scores = logits.astype(np.float64)
         if s.repetition_penalty != 1.0 and previous:
-            seen = np.unique(np.asarray(previous, dtype=np.int64))
+            if ids is None:
+                seen = np.unique(np.asarray(previous, dtype=np.int64))
+            else:
+                seen = np.flatnonzero(np.isin(ids, previous))
             picked = scores[seen]
             scores[seen] = np.where(picked > 0, picked / s.repetition_penalty, picked * s.repetition_penalty)
+        pick = self._choose(scores)
+        return int(pick if ids is None else ids[pick])
+
+    def _choose(self, scores: np.ndarray) -> int:
+        s = self.settings
         if s.temperature == 0:
             return int(np.argmax(scores))
         scores /= s.temperature

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import browser
-from .browser import Element
 from .backends.ort_web import OrtWebBackend
+from .browser import Element
 from .chat import split_thought
 from .chat_template import ChatTemplate
 from .engine import ContextLimitError

@@ -40,7 +40,7 @@ def teacher_forced_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
 
     async def run():
         first, _ = await engine.prefill(ids[:1])
-        return [first] + [await engine._run([t]) for t in ids[1:-1]]
+        return [first.values] + [(await engine._run([t])).values for t in ids[1:-1]]
 
     return np.stack(asyncio.run(run()))
 

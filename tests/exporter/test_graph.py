@@ -23,7 +23,7 @@ from webgemma_export.export import export
 WEBGPU_OPS = {
     "MatMulNBits", "MatMul", "Gemm", "GatherBlockQuantized", "Gather", "GroupQueryAttention", "RotaryEmbedding",
     "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "Gelu", "Mul", "Add", "Div", "Tanh",
-    "Reshape", "Slice", "Split", "Concat", "Cast", "Identity",
+    "Reshape", "Slice", "Split", "Concat", "Cast", "TopK",
 }
 SCHEMA = json.loads((Path(webgemma.__file__).parent / "manifest.schema.json").read_text())
 
@@ -63,7 +63,8 @@ def test_graph_uses_only_webgpu_ops_and_caches_only_owning_layers(model):
     assert [c["layer"] for c in m["decoder"]["cache"]] == list(range(first_shared))
     cache_inputs = {i.name for i in graph.input if i.name.startswith("past_key_values.")}
     assert cache_inputs == {f"past_key_values.{i}.{p}" for i in range(first_shared) for p in ("key", "value")}
-    assert {o.name for o in graph.output} == {"logits"} | {f"present.{i}.{p}" for i in range(first_shared) for p in ("key", "value")}
+    assert {o.name for o in graph.output} == {"logits", "top_logits", "top_ids"} | {
+        f"present.{i}.{p}" for i in range(first_shared) for p in ("key", "value")}
 
 
 def test_only_the_towers_are_skipped(model):

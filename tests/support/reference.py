@@ -27,12 +27,12 @@ def greedy_with_logits(engine: Engine, prompt: list[int], steps: int) -> tuple[l
 
     async def run():
         engine.reset()
-        logits, _ = await engine.prefill(prompt)
+        scores, _ = await engine.prefill(prompt)
         tokens, seen = [], []
         for _ in range(steps):
-            seen.append(logits.copy())
-            tokens.append(int(np.argmax(logits)))
-            logits = await engine._run([tokens[-1]])
+            seen.append(scores.values.copy())
+            tokens.append(int(np.argmax(scores.values)))
+            scores = await engine._run([tokens[-1]])
         return tokens, seen
 
     return asyncio.run(run())

@@ -82,6 +82,11 @@ class WebgemmaChat extends HTMLElement {
     root.querySelector(".title").textContent = title;
     root.querySelector(".intro").textContent = this.getAttribute("intro") ?? INTRO;
     root.querySelector(".start").addEventListener("click", () => this.start());
+    // Keys typed in the widget's fields stay in the widget: outside the shadow root their target reads as the
+    // <webgemma-chat> element, not a text field, and docs themes would take them for shortcuts ("s": search).
+    for (const type of ["keydown", "keypress", "keyup"]) {
+      root.addEventListener(type, (e) => { if (e.composedPath()[0]?.matches?.("textarea, input")) e.stopPropagation(); });
+    }
     this.dataset.state = "idle";
   }
 
