@@ -125,7 +125,7 @@ def browser(a) -> None:
         runs = {}
 
         def page(name: str, **params) -> dict:
-            query = {"autorun": "1", "backend": "webgpu", "temperature": "0", "ignore_stop": "1", **params}
+            query = {"autorun": "1", "backend": "webgpu", "temperature": "0", "ignore_stop": "1", **a.page_params, **params}
             t = time.perf_counter()
             result = cdp_result(port, base + "?" + urlencode(query), a.cdp, timeout=a.timeout)
             result["wall_s"] = round(time.perf_counter() - t, 2)
@@ -140,6 +140,10 @@ def browser(a) -> None:
         warm = page("warm", prompt_tokens=contexts[0], max_new_tokens=tokens)
         ttft = page("prompt", prompt_tokens=a.prompt, max_new_tokens=8)
         long = {n: page(f"context{n}", prompt_tokens=n, max_new_tokens=tokens) for n in contexts[1:]}
+        # the same long prompt in the short chunks that work around SwiftShader's flash-attention bug: equal tokens
+        # mean the long unclipped chunks are computed right on this GPU
+        check = page("short_chunks", prompt_tokens=contexts[-1], max_new_tokens=8, prefill_limit="31")
+        same = check["output_ids"] == long[contexts[-1]]["output_ids"][:8]
     finally:
         sampler.running = False
         chromium.terminate()
@@ -153,6 +157,8 @@ def browser(a) -> None:
                                  str(contexts[-1]): round(long[contexts[-1]]["prefill_tokens_per_s"])},
         f"ttft_ms_{a.prompt}": round(ttft["ttft_ms"], 1),
         "peak_gpu_memory_gib": round(sampler.gpu_mib / 1024, 2),
+        "long_chunks_equal_short_chunks": same, "page_params": a.page_params,
+        "ms_per_step": {n: long[n].get("ms_per_step") for n in contexts[1:]},
         "page_memory": warm["memory"],
         "peak_rss_gib": {k: round(v / 2**20, 2) for k, v in sampler.rss.items()},
     })
@@ -189,6 +195,7 @@ def native(a) -> None:
         model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m, provider="webgpu"), prefill_chunk=512)
         load = time.perf_counter() - t
         model.generator.stop_token_ids = []
+        model.engine.backend.causal_prefill_limit = None  # measured right on this GPU (webgpu_gqa_check.py)
         greedy = SamplingSettings(temperature=0)
         out = {"load_s": round(load, 2), "decode_tokens_per_s": {}, "prefill_tokens_per_s": {}}
         vocab = model.tokenizer.vocab_size
@@ -263,6 +270,8 @@ def main() -> None:
     p.add_argument("--contexts", nargs="+", type=int, default=list(CONTEXTS))
     p.add_argument("--prompt", type=int, default=PROMPT)
     p.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS)
+    p.add_argument("--page-params", type=lambda t: dict(kv.split("=") for kv in t.split("&")), default={},
+                   help="extra page parameters for every browser run, e.g. 'prefill_limit=0&prefill_chunk=1024'")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     {"prepare": prepare, "browser": browser, "native": native, "torch": torch_reference, "bandwidth": bandwidth}[a.command](a)

@@ -23,7 +23,7 @@ from . import vendor
 
 PAGE = Path(__file__).resolve().parent / "page"
 PAGE_FILES = ("index.html", "style.css", "boot.mjs", "main.py", "ort_bridge.mjs", "store_bridge.mjs")
-# Always written (9 KB): any page, on any origin, embeds the model with <script type="module" src=".../widget.mjs">
+# Always written (10 KB): any page, on any origin, embeds the model with <script type="module" src=".../widget.mjs">
 WIDGET = Path(__file__).resolve().parent / "widget"
 WIDGET_FILES = ("widget.mjs", "widget.css")
 MODEL_DIR = "model"

@@ -47,13 +47,18 @@ def per_layer_inputs(ctx: Context, embeds: str, rows: str) -> str:
         return g.op("Mul", [g.op("Add", [proj, rows]), g.const(np.float32(2.0 ** -0.5), np.float32)])
 
 
+SPLIT_GROUP = 8  # outputs per Split: a WebGPU shader binds at most 16 storage buffers (NVIDIA's default limit)
+
+
 def split_per_layer(ctx: Context, ple: str, layers: range) -> list[str]:
     """The [1, S, P] slices of `ple` for `layers` (a contiguous range of layer indices)."""
     g, p = ctx.g, ctx.arch.per_layer_dim
-    part = g.op("Slice", [ple, g.const([layers.start * p]), g.const([layers.stop * p]), g.const([-1])])
-    if len(layers) == 1:
-        return [part]
-    return list(g.op("Split", [part, g.const([p] * len(layers))], len(layers), axis=-1))
+    out = []
+    for first in range(layers.start, layers.stop, SPLIT_GROUP):
+        group = range(first, min(first + SPLIT_GROUP, layers.stop))
+        part = g.op("Slice", [ple, g.const([group.start * p]), g.const([group.stop * p]), g.const([-1])])
+        out += [part] if len(group) == 1 else list(g.op("Split", [part, g.const([p] * len(group))], len(group), axis=-1))
+    return out
 
 
 def per_layer_residual(ctx: Context, h: str, ple_i: str, layer: int) -> str:

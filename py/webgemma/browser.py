@@ -5,7 +5,9 @@ API), `JsTensor` (an onnxruntime-web tensor, possibly in GPU memory), `JsSession
 private pair `_to_js_tensor` / `_to_numpy`.
 
 Importing works under CPython (tests, tools); calling anything that needs the browser raises `BrowserOnly`.
-The JS glue lives next to the page: ort_bridge.mjs and store_bridge.mjs (web/page/).
+The JS glue lives next to the page: ort_bridge.mjs and store_bridge.mjs (web/page/). The site's own files (that
+glue, onnxruntime-web) resolve against the page's URL, or against `set_asset_base` for the documentation widget,
+whose files lie beside its script on whatever page embeds it.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ class WidgetOptions:
     """What a `<webgemma-chat>` element's attributes ask for (see examples/README.md)."""
 
     model: str | None = None  # model folder URL, relative to the page; None: the model of the widget's own site
-    context: str | None = None  # "page", a CSS selector, or None
+    context: str | None = None  # "page", a CSS selector, or None (no page text)
     backend: str = "auto"  # auto | webgpu | wasm
     system: str | None = None  # system prompt (with a context: what comes before the page's text)
     max_new_tokens: int = 256
@@ -75,7 +75,8 @@ class WidgetOptions:
         backend = (attribute("backend") or "auto").strip().lower()
         if backend not in ("auto", "webgpu", "wasm"):
             raise ValueError(f'attribute backend="{backend}" must be auto, webgpu or wasm')
-        context = (attribute("context") or "").strip() or None
+        context = attribute("context")
+        context = None if context is None else context.strip() or "page"  # a bare `context` means the page
         return cls(
             model=(attribute("model") or "").strip() or None,
             context=context,
@@ -391,6 +392,10 @@ class ChatBox:
         self.el["prompt"].value = ""
         await self.ask(text)
 
+    def stream(self, reply: Element, piece: str) -> None:
+        reply.append_text(piece)
+        self.el["log"].set(scrollTop=1 << 30)  # the conversation scrolls, never the reader's page
+
     async def ask(self, text: str) -> None:
         log = self.el["log"]
         turn = log.add("div", cls="message user")
@@ -413,7 +418,7 @@ class ChatBox:
                 self.say("Writing…")
                 self.generating = True
                 settings = self.options.settings(self.model.manifest.raw.get("generation", {}))
-                result = await self.chat.send(text, settings, reply.append_text)
+                result = await self.chat.send(text, settings, lambda piece: self.stream(reply, piece))
         except ContextLimitError as e:
             reply.text = str(e)
             turn.toggle_class("failed", True)
@@ -439,7 +444,7 @@ class ChatBox:
         self.el["stats"].text = (f"{len(result.output_ids)} tokens · {s['tokens_per_s']:.1f} tokens/s · "
                                  f"{self.backend.name}" + (" · stopped" if stopped else ""))
         self.say("Stopped." if stopped else "Ready.")
-        turn.scroll_into_view()
+        self.el["log"].set(scrollTop=1 << 30)
         self.host.emit("webgemma-reply", {
             "text": answer, "thought": thought, "prompt_ids": result.prompt_ids, "output_ids": result.output_ids,
             "finish_reason": result.finish_reason, "backend": self.backend.name,

@@ -1,5 +1,6 @@
 """The documentation widget's plain logic under CPython: its attributes, and fitting a page's text into the system
-prompt of the built-in model (counted with its tokenizer, room left for the conversation and the reply)."""
+prompt of the built-in model (counted with its tokenizer, room left for the conversation and the reply). While
+models/tiny is missing (being retrained), a random tiny checkpoint stands in."""
 
 from __future__ import annotations
 
@@ -19,14 +20,18 @@ HELDOUT = REPO / "models" / "heldout.txt"
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     pytest.importorskip("onnx")
-    if not (TINY / "config.json").is_file():
-        pytest.skip("the built-in model (models/tiny) is not there")
     from webgemma.backends.ort_native import NativeBackend
     from webgemma.model import load_model
     from webgemma.storage_local import LocalStore
     from webgemma_export.export import export
 
-    folder = export(TINY, tmp_path_factory.mktemp("widget") / "tiny", quant="int4", block_size=16, log=lambda _: None)
+    base = tmp_path_factory.mktemp("widget")
+    checkpoint = TINY
+    if not (TINY / "config.json").is_file():  # while the built-in model is being trained: a random one
+        from tests.support.checkpoints import make_checkpoint
+
+        checkpoint = make_checkpoint(base / "checkpoint", kind="e2b")
+    folder = export(checkpoint, base / "tiny", quant="int4", block_size=16, log=lambda _: None)
     load = load_model(LocalStore(folder), lambda m: NativeBackend(folder, m))
     with ThreadPoolExecutor(1) as pool:  # a loop of its own: the browser tests' Playwright may hold this thread's
         return pool.submit(asyncio.run, load).result()
@@ -38,6 +43,7 @@ def attributes(**values):
 
 def test_options_from_attributes():
     assert WidgetOptions.from_attributes(attributes()) == WidgetOptions()
+    assert WidgetOptions.from_attributes(attributes(context="")).context == "page"  # <webgemma-chat context>
     o = WidgetOptions.from_attributes(attributes(model=" m/ ", context="#api", backend="WASM", max_new_tokens="32",
                                                  context_tokens="100", temperature="0", top_p="0.5", seed="7"))
     assert (o.model, o.context, o.backend, o.max_new_tokens, o.context_tokens, o.temperature, o.top_p, o.seed) == \
@@ -76,12 +82,11 @@ def test_a_long_page_is_cut_to_leave_room_for_the_conversation_and_the_reply(mod
     assert ctx.note == f"Using the first {ctx.used:,} of {ctx.total:,} tokens of the page."
     kept = ctx.system.removeprefix(PAGE_INTRO)
     assert clean_text(page).startswith(kept) and len(kept) > 1000
-    # the first question's prompt still leaves the conversation room and the reply inside the context
-    chat = model.chat(system=ctx.system)
-    chat.messages.append({"role": "user", "content": "Who is Anne?"})
-    prompt = len(chat.prompt_ids())
-    assert prompt + reply + conversation_room(max_context) <= max_context + 16
-    assert prompt + reply + conversation_room(max_context) > max_context - 64  # and uses the rest
+    # the system turn fills what the reply and the conversation leave of the context (re-encoding the cut text
+    # may merge a token or two differently)
+    system_turn = model.template.encode(model.tokenizer, [{"role": "system", "content": ctx.system}],
+                                        add_generation_prompt=True)
+    assert abs(len(system_turn) + reply + conversation_room(max_context) - max_context) <= 4
 
 
 def test_a_page_limit_and_a_page_that_cannot_fit(model):

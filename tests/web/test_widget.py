@@ -91,6 +91,13 @@ def plain_site(model, tmp_path_factory, serve_dir):
     text = (REPO / "models" / "heldout.txt").read_text()
     (src / "long.html").write_text(LONG_PAGE.replace("TEXT", json.dumps(text).replace("</", "<\\/")))
     (src / "missing.html").write_text(MISSING_MODEL_PAGE)
+    # a copy of the site that lost pyodide.asm.wasm (the widget, its config and the rest of Pyodide's core)
+    broken = src / "broken"
+    for name in (*WIDGET_FILES, "pyscript.json", "site.json", "pyodide/pyodide.mjs", "pyodide/pyodide.asm.js",
+                 "pyodide/python_stdlib.zip", "pyodide/pyodide-lock.json"):
+        (broken / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / "webgemma" / name, broken / name)
+    (src / "broken.html").write_text(MISSING_MODEL_PAGE.replace("webgemma/widget.mjs", "broken/widget.mjs"))
     return serve_dir(src)
 
 
@@ -108,6 +115,17 @@ def open_page(offline_context, site, path: str = ""):
             "webgemma-chat")].indexOf(e.target), ...e.detail}));
     }""")
     return page, traffic
+
+
+RECORD_TEXTS = """() => {  // window.shown: every status and progress text the first box shows, in order
+    const root = document.querySelector("webgemma-chat").shadowRoot;
+    window.shown = [];
+    new MutationObserver(() => {
+        for (const el of root.querySelectorAll(".status, .progress-text")) {
+            if (el.textContent && !window.shown.includes(el.textContent)) window.shown.push(el.textContent);
+        }
+    }).observe(root, {subtree: true, childList: true, characterData: true});
+}"""
 
 
 def configure(page, **attributes) -> None:
@@ -192,8 +210,15 @@ def test_mkdocs_page_loads_only_the_widget_until_started_then_answers(mkdocs_sit
     assert len(sizes) == 2 and 0 < sum(sizes.values()) < BEFORE_CLICK_LIMIT, sizes
 
     configure(page, backend="wasm", temperature=0, max_new_tokens=WASM_TOKENS)
+    page.evaluate(RECORD_TEXTS)
     start(page)
     ready(page)
+    texts = page.evaluate("window.shown")
+    assert "Loading Python…" in texts and any(t.startswith("Loading numpy, jinja2, webgemma") for t in texts)
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert any(t.startswith(f"downloading {manifest['decoder']['graph']['path']}: 0.0 of ") and "MiB (0%)" in t
+               for t in texts), texts
+    assert texts[-1].startswith("Ready: ")
     # typed key by key: the MkDocs theme's shortcuts ("s" search, "n" next page) must not see these keys
     page.locator("webgemma-chat textarea").click()
     page.keyboard.type(QUESTION)
@@ -288,6 +313,16 @@ def test_a_missing_model_is_reported_in_the_box(plain_site, offline_context):
     status = box.locator(".status").text_content()
     assert "Could not start the model" in status and "no-such-model/manifest.json" in status and "404" in status
     assert box.locator("button.start").text_content() == "Try again"
+
+
+def test_a_missing_runtime_file_is_reported_in_the_box(plain_site, offline_context):
+    page, _ = open_page(offline_context, plain_site, "broken.html")
+    start(page)
+    assert wait_state(page, 0, "ready", "error") == "error"
+    status = page.locator("webgemma-chat .status").text_content()
+    wasm = f"{plain_site.url}broken/pyodide/pyodide.asm.wasm"
+    assert status == f"Could not start the model: could not load {wasm} (HTTP 404)"
+    assert page.locator("webgemma-chat button.start").text_content() == "Try again"
 
 
 class CorsHandler(SiteHandler):

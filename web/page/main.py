@@ -6,7 +6,8 @@ written as text (textContent / text nodes), never as HTML.
 URL parameters, for tests and benchmarks: model=URL prompt=TEXT max_new_tokens=N temperature=T top_p=P top_k=K
 seed=S raw=1 system=TEXT thinking=1 autorun=1 backend=webgpu|wasm max_context=N verify=1 (hash cached files again)
 verbose=1 (record onnxruntime's node placement) prefill_chunk=N; for benchmarks prompt_tokens=N (a synthetic raw
-prompt of N token ids) and ignore_stop=1 (generate max_new_tokens whatever is sampled). With autorun the page
+prompt of N token ids), ignore_stop=1 (generate max_new_tokens whatever is sampled) and prefill_limit=N|0 (override
+the backend's causal_prefill_limit; 0 lifts it). With autorun the page
 generates once and sets
 window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, ...}
 (or {error} when it cannot).
@@ -160,7 +161,7 @@ async def autorun(page: ChatPage, params: dict, load_ms: float) -> None:
         "prompt_ids": outcome.prompt_ids, "output_ids": outcome.output_ids, "text": outcome.text,
         "finish_reason": outcome.finish_reason, "backend": page.backend.name, "ttft_ms": s["ttft_ms"],
         "tokens_per_s": s["tokens_per_s"], "prefill_tokens_per_s": s["prefill_tokens_per_s"], "load_ms": load_ms,
-        "memory": browser.memory_usage(),
+        "memory": browser.memory_usage(), "ms_per_step": s["ms_per_step"],
     })
 
 
@@ -182,6 +183,8 @@ async def start(site: dict, env: dict, params: dict) -> None:
         max_context=int(params["max_context"]) if "max_context" in params else None,
         prefill_chunk=int(params.get("prefill_chunk", 512)))
     load_ms = (time.perf_counter() - t0) * 1000
+    if "prefill_limit" in params:
+        backend.causal_prefill_limit = int(params["prefill_limit"]) or None
     download.set(hidden=True)
     if report.refetched:
         browser.show_notice(f"Damaged model files were found in the browser's storage and downloaded again: "

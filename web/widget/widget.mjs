@@ -78,15 +78,14 @@ class WebgemmaChat extends HTMLElement {
     const root = this.attachShadow({ mode: "open" });
     root.innerHTML = TEMPLATE; // fixed markup; every text below goes in as text
     root.querySelector("link").href = `${BASE}widget.css`;
-    const title = this.getAttribute("label") ?? (this.hasAttribute("context") ? "Ask about this page" : "Ask the model");
-    root.querySelector(".title").textContent = title;
+    const title = this.hasAttribute("context") ? "Ask about this page" : "Ask the model";
+    root.querySelector(".title").textContent = this.getAttribute("label") ?? title;
     root.querySelector(".intro").textContent = this.getAttribute("intro") ?? INTRO;
     root.querySelector(".start").addEventListener("click", () => this.start());
     // Keys typed in the widget's fields stay in the widget: outside the shadow root their target reads as the
     // <webgemma-chat> element, not a text field, and docs themes would take them for shortcuts ("s": search).
-    for (const type of ["keydown", "keypress", "keyup"]) {
-      root.addEventListener(type, (e) => { if (e.composedPath()[0]?.matches?.("textarea, input")) e.stopPropagation(); });
-    }
+    const typing = (e) => { if (e.composedPath()[0]?.matches?.("textarea, input")) e.stopPropagation(); };
+    for (const type of ["keydown", "keypress", "keyup"]) root.addEventListener(type, typing);
     this.dataset.state = "idle";
   }
 
