@@ -33,9 +33,10 @@ def quantize(w: np.ndarray, bits: int, block_size: int, scale_dtype=np.float32) 
     n, k = w.shape
     blocks = w.reshape(n, k // block_size, block_size)
     if bits == 4:
-        # Map the largest-magnitude value to -8 so the full [-8, 7] range is used (as llama.cpp's Q4_0 does).
+        # Map the largest-magnitude value to -8 so the full [-8, 7] range is used (as llama.cpp's Q4_0 does),
+        # then try slightly smaller scales, which clip that value but round the others finer: keep the best.
         idx = np.abs(blocks).argmax(axis=-1)[..., None]
-        scales = (np.take_along_axis(blocks, idx, axis=-1)[..., 0] / -8.0).astype(np.float32)
+        scales = _best_scale(blocks, np.take_along_axis(blocks, idx, axis=-1)[..., 0] / -8.0, scale_dtype)
         lo, hi = -8, 7
     elif bits == 8:
         scales = (np.abs(blocks).max(axis=-1) / 127.0).astype(np.float32)
@@ -48,6 +49,24 @@ def quantize(w: np.ndarray, bits: int, block_size: int, scale_dtype=np.float32) 
     if bits == 4:
         q = q[..., 0::2] | (q[..., 1::2] << 4)
     return np.ascontiguousarray(q), scales
+
+
+_INT4_SCALE_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8)
+
+
+def _best_scale(blocks: np.ndarray, full: np.ndarray, scale_dtype) -> np.ndarray:
+    """Per block, the scale among `full × ratio` with the least squared rounding error (as stored)."""
+    best, best_error = None, None
+    for ratio in _INT4_SCALE_RATIOS:
+        scale = (full * ratio).astype(scale_dtype).astype(np.float32)
+        safe = np.where(scale == 0, 1.0, scale)[..., None]
+        error = np.square(np.clip(np.rint(blocks / safe), -8, 7) * safe - blocks).sum(axis=-1)
+        if best is None:
+            best, best_error = scale, error
+        else:
+            better = error < best_error
+            best, best_error = np.where(better, scale, best), np.where(better, error, best_error)
+    return best
 
 
 def dequantize(q: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:

@@ -162,9 +162,6 @@ class Element:
     def has_focus(self) -> bool:
         return bool(self._el.matches(":focus"))
 
-    def remove(self) -> None:
-        self._el.remove()
-
     def emit(self, event: str, detail: Any = None) -> None:
         """Dispatches a bubbling CustomEvent whose `detail` is `detail` as plain JS (JSON-like values only)."""
         init = {"bubbles": True, "composed": True, "detail": js.JSON.parse(json.dumps(detail))}

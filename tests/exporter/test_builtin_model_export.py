@@ -17,7 +17,7 @@ from webgemma_export.export import export
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = ROOT / "models" / "tiny"
-EVAL_TOKENS = 600  # teacher-forced positions, well past the 64-token window
+EVAL_TOKENS = 1000  # teacher-forced positions, well past the 64-token window
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,8 @@ QUESTION = "Does the next section say how it is used?"
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    """The built-in model exported as the demo does (int4), or a random tiny checkpoint while it is missing."""
+    """The built-in model exported to int4 (blocks of 16, which divide its hidden size), or a random tiny checkpoint
+    while it is missing (being retrained)."""
     from webgemma_export.export import export
 
     base = tmp_path_factory.mktemp("widget-model")
