@@ -48,7 +48,7 @@ def model(tmp_path_factory) -> Path:
         from tests.support.checkpoints import make_checkpoint
 
         checkpoint = make_checkpoint(base / "checkpoint", kind="e2b")
-    return export(checkpoint, base / "tiny-int4", quant="int4", block_size=16, log=lambda _: None)
+    return export(checkpoint, base / "tiny-int4", quant="int4", log=lambda _: None)
 
 
 def example(name: str, tmp: Path) -> Path:

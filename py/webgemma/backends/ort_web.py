@@ -60,17 +60,27 @@ class Placement:
         return cls(counts, nodes)
 
 
-async def pick_ep(prefer: str = "auto") -> tuple[str, str | None]:
-    """("webgpu" | "wasm", notice or None). "auto" takes WebGPU when navigator.gpu gives an adapter."""
+async def pick_ep(prefer: str = "auto") -> tuple[str, str | None, dict | None]:
+    """("webgpu" | "wasm", notice or None, the WebGPU adapter's description or None). "auto" takes WebGPU when
+    navigator.gpu gives an adapter."""
     if prefer not in ("auto", "webgpu", "wasm"):
         raise ValueError(f"ep must be 'auto', 'webgpu' or 'wasm', not {prefer!r}")
     if prefer == "wasm":
-        return "wasm", None
-    if await browser.webgpu_adapter() is not None:
-        return "webgpu", None
+        return "wasm", None, None
+    if (adapter := await browser.webgpu_adapter()) is not None:
+        return "webgpu", None, adapter
     if prefer == "webgpu":
         raise RuntimeError("WebGPU was asked for but navigator.gpu gives no adapter in this browser")
-    return "wasm", WASM_NOTICE
+    return "wasm", WASM_NOTICE, None
+
+
+def causal_prefill_limit(adapter: dict | None) -> int | None:
+    """See webgemma.backends.Backend.causal_prefill_limit. onnxruntime-web 1.30's flash-attention prefill was measured
+    wrong on SwiftShader and right on NVIDIA (H100/H200, bench/webgpu_gqa_check.py and the browser benchmark);
+    adapters not measured keep the short chunks that are right everywhere."""
+    if adapter is None or adapter.get("vendor") == "nvidia":
+        return None
+    return 31
 
 
 def default_threads() -> int:
@@ -83,12 +93,13 @@ def default_threads() -> int:
 class OrtWebBackend:
     """`Backend` over an onnxruntime-web InferenceSession (see webgemma.backends.Backend)."""
 
-    def __init__(self, session: browser.JsSession, name: str, notice: str | None, host_outputs: Sequence[str]) -> None:
+    def __init__(self, session: browser.JsSession, name: str, notice: str | None, host_outputs: Sequence[str],
+                 adapter: dict | None = None) -> None:
         self._session = session
         self.name = name  # "webgpu" or "wasm"
         self.notice = notice  # why wasm was chosen, when it was chosen for want of WebGPU
-        # see webgemma.backends.Backend: the WebGPU flash-attention prefill bug
-        self.causal_prefill_limit = 31 if name == "webgpu" else None
+        self.adapter = adapter  # the WebGPU adapter's vendor, architecture, limits (None on wasm)
+        self.causal_prefill_limit = causal_prefill_limit(adapter)
         self.host_outputs = list(host_outputs)
         self.input_names = session.input_names
         self.output_names = session.output_names
@@ -115,7 +126,7 @@ class OrtWebBackend:
         disabled_optimizers: ORT optimizers switched off by name, e.g. ["ConstantFolding"] keeps a shared weight single.
         verbose_log: record ORT's verbose log during creation (`creation_log`, `placement`).
         """
-        name, notice = await pick_ep(ep)
+        name, notice, adapter = await pick_ep(ep)
         if notice:
             browser.show_notice(notice)
         ort = await browser.ort_load(ort_url + BUNDLES[name], ort_url, num_threads or default_threads())
@@ -132,7 +143,7 @@ class OrtWebBackend:
             options["logSeverityLevel"] = 0
             options["logVerbosityLevel"] = 0
         session = await browser.ort_session(ort, model, dict(external_data or {}), options, verbose=verbose_log)
-        return cls(session, name, notice, host_outputs)
+        return cls(session, name, notice, host_outputs, adapter)
 
     @property
     def creation_log(self) -> list[str]:
