@@ -1,6 +1,7 @@
 """Tokenizer artifact load time and encode speed on a synthetic Gemma-sized vocabulary (262144 tokens).
 
     python bench/tokenizer_speed.py            # CPython: builds the artifact, then times `measure`
+    python bench/tokenizer_speed.py --browser  # the same `measure` in Pyodide, in headless Chromium (Playwright)
 
 `measure(artifact, text)` is the timed part and needs only the runtime (numpy + webgemma.tokenizer), so the same
 function runs in Pyodide on an artifact and text built here (`write_inputs`).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 GEMMA_VOCAB_SIZE = 262144
 
@@ -91,8 +93,6 @@ def measure(artifact: bytes, text: str, repeats: int = 3) -> dict:
 
 def write_inputs(folder) -> None:
     """Write tokenizer.bin and text.txt for running `measure` elsewhere (e.g. in Pyodide)."""
-    from pathlib import Path
-
     from webgemma_export.tokenizer_artifact import convert_tokenizer_spec
 
     spec = synthetic_tokenizer_json()
@@ -100,13 +100,46 @@ def write_inputs(folder) -> None:
     Path(folder, "text.txt").write_text(synthetic_text(spec), encoding="utf-8")
 
 
+def measure_in_browser(artifact: bytes, text: str) -> dict:
+    """`measure` run by Pyodide in a page of a freshly built site (Debian's Chromium, offline)."""
+    import base64
+    import inspect
+    import json
+    import tempfile
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    from webgemma_site.build import build_site
+    from webgemma_site.serve import make_server
+
+    site = build_site(None, Path(tempfile.mkdtemp()) / "site", model_url="model/")
+    server = make_server(site, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    code = (f"import base64, time\n{inspect.getsource(measure)}\n"
+            f"measure(base64.b64decode({base64.b64encode(artifact).decode()!r}), {text!r})")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/?selftest=1")
+        page.wait_for_function("window.webgemmaReady", timeout=120_000)
+        result = json.loads(page.evaluate("code => window.webgemmaExec(code)", code))
+        browser.close()
+    server.shutdown()
+    return result
+
+
 def main() -> None:
+    import sys
+
     from webgemma_export.tokenizer_artifact import convert_tokenizer_spec
 
     spec = synthetic_tokenizer_json()
     artifact = convert_tokenizer_spec(spec)
-    print(f"synthetic vocabulary: {len(spec['model']['vocab'])} tokens, {len(spec['model']['merges'])} merges")
-    result = measure(artifact, synthetic_text(spec))
+    where = "Pyodide in Chromium" if "--browser" in sys.argv else "CPython"
+    print(f"synthetic vocabulary: {len(spec['model']['vocab'])} tokens, {len(spec['model']['merges'])} merges; {where}")
+    run = measure_in_browser if "--browser" in sys.argv else measure
+    result = run(artifact, synthetic_text(spec))
     print(f"artifact {result['artifact_bytes'] / 2**20:.1f} MiB, load {result['load_s'] * 1e3:.0f} ms")
     print(f"encode {result['encode_chars']} chars -> {result['encode_tokens']} tokens in "
           f"{result['encode_s'] * 1e3:.0f} ms: {result['tokens_per_s']:,.0f} tokens/s "
