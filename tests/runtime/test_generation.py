@@ -1,0 +1,90 @@
+"""Streaming text generation on the built-in model (onnxruntime CPU): stop strings, stop ids, cancellation, and
+streamed pieces that add up to the final text and never show a stop string or a broken character."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from webgemma.backends.ort_native import NativeBackend
+from webgemma.engine import ContextLimitError
+from webgemma.generation import GenerationSettings
+from webgemma.model import load_model
+from webgemma.sampling import SamplingSettings
+from webgemma.storage_local import LocalStore
+from webgemma_export.export import export
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "It is a truth universally acknowledged"
+GREEDY = SamplingSettings(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return export(ROOT / "models" / "tiny", tmp_path_factory.mktemp("gen") / "model", quant="int8", log=lambda _: None)
+
+
+def generate(model_dir, settings, prompt=PROMPT, **load):
+    async def run():
+        model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m), **load)
+        pieces = []
+        result = await model.generator.generate(model.encode_raw(prompt), settings, pieces.append)
+        return model, result, pieces
+
+    return asyncio.run(run())
+
+
+def test_streamed_pieces_add_up_to_the_decoded_text(model_dir):
+    model, result, pieces = generate(model_dir, GenerationSettings(max_new_tokens=40, sampling=GREEDY))
+    assert "".join(pieces) == result.text == model.tokenizer.decode(result.output_ids)
+    assert result.finish_reason == "max_new_tokens" and len(result.output_ids) == 40
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_stop_string_cuts_the_text_and_is_never_streamed(model_dir):
+    _, free, _ = generate(model_dir, GenerationSettings(max_new_tokens=40, sampling=GREEDY))
+    stop = free.text[10:16]  # a string the model will write
+    _, result, pieces = generate(model_dir, GenerationSettings(max_new_tokens=40, sampling=GREEDY, stop_strings=(stop,)))
+    assert result.finish_reason == "stop_string"
+    assert result.text == free.text[: free.text.index(stop)]
+    assert "".join(pieces) == result.text and all(stop not in p for p in pieces)
+    assert len(result.output_ids) < 40
+
+
+def test_stop_token_ends_generation(model_dir):
+    model, free, _ = generate(model_dir, GenerationSettings(max_new_tokens=20, sampling=GREEDY))
+    model.generator.stop_token_ids = [free.output_ids[5]]
+
+    async def again():
+        return await model.generator.generate(model.encode_raw(PROMPT), GenerationSettings(max_new_tokens=20, sampling=GREEDY))
+
+    result = asyncio.run(again())
+    assert result.finish_reason == "stop" and result.output_ids == free.output_ids[: free.output_ids.index(free.output_ids[5]) + 1]
+
+
+def test_cancel_stops_after_the_current_token(model_dir):
+    async def run():
+        model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m))
+        seen = []
+
+        def on_text(piece):
+            seen.append(piece)
+            if len(seen) == 3:
+                model.generator.cancel()
+
+        return await model.generator.generate(model.encode_raw(PROMPT), GenerationSettings(max_new_tokens=200, sampling=GREEDY), on_text)
+
+    result = asyncio.run(run())
+    assert result.finish_reason == "cancelled" and len(result.output_ids) < 10
+
+
+def test_prompt_longer_than_the_context_is_refused_with_a_message(model_dir):
+    with pytest.raises(ContextLimitError, match="context holds 16"):
+        generate(model_dir, GenerationSettings(max_new_tokens=4, sampling=GREEDY), prompt=PROMPT * 4, max_context=16)
+
+
+def test_generation_stops_at_the_context_limit(model_dir):
+    _, result, _ = generate(model_dir, GenerationSettings(max_new_tokens=100, sampling=GREEDY), max_context=24)
+    assert result.finish_reason == "context" and len(result.prompt_ids) + len(result.output_ids) == 24
