@@ -25,7 +25,7 @@ from .config import TextArch, read_arch
 from .errors import CheckpointError, ExportError, OptionError
 from .graph.decoder import build_decoder
 from .graph.linear import FloatLinear, NBitsLinear
-from .per_layer_table import write_per_layer_table
+from .per_layer_table import claim_per_layer_table, write_per_layer_table
 from .quantize import bits_of, require_format
 from .shards import ShardWriter, write_weights
 from .tokenizer_artifact import convert_tokenizer_json
@@ -60,7 +60,7 @@ def export(checkpoint_dir, out_dir, *, quant: str = "int4", block_size: int = 32
 
     # Building the graph claims every tensor it uses: a missing or mis-shaped tensor fails here, before any write.
     graph, io = build_decoder(arch, weights, linear, bits=bits, float_dtype=float_dtype, block_size=block_size, max_bytes=max_bytes)
-    weights.claim("embed_tokens_per_layer.weight", (arch.vocab_size_per_layer, arch.num_layers * arch.per_layer_dim))
+    table_name = claim_per_layer_table(weights, arch, bits, block_size)
     skipped = weights.skipped()
     tokenizer_json = json.loads(tokenizer_path.read_text(encoding="utf-8"))
     chat = read_chat_files(checkpoint_dir, tokenizer_json, json.loads((checkpoint_dir / "config.json").read_text()))
@@ -79,7 +79,7 @@ def export(checkpoint_dir, out_dir, *, quant: str = "int4", block_size: int = 32
         graph_bytes = model.SerializeToString()
         (tmp / "decoder.onnx").write_bytes(graph_bytes)
         log("writing the per-layer embedding table")
-        table = write_per_layer_table(weights, arch, ShardWriter(tmp, "per_layer", shard_bytes, align=1),
+        table = write_per_layer_table(weights, table_name, arch, ShardWriter(tmp, "per_layer", shard_bytes, align=1),
                                       bits=bits, float_dtype=float_dtype, block_size=block_size)
         (tmp / "tokenizer.bin").write_bytes(tokenizer_bytes)
         manifest = {

@@ -21,13 +21,19 @@ from .weights import Weights
 _ROWS_PER_READ = 4096
 
 
-def write_per_layer_table(weights: Weights, arch: TextArch, writer: ShardWriter, *, bits: int | None, float_dtype,
-                          block_size: int) -> dict:
-    vocab, width = arch.vocab_size_per_layer, arch.num_layers * arch.per_layer_dim
-    name = weights.claim("embed_tokens_per_layer.weight", (vocab, width))
-    scale = np.float32(arch.per_layer_dim ** 0.5)
+def claim_per_layer_table(weights: Weights, arch: TextArch, bits: int | None, block_size: int) -> str:
+    """The table's checkpoint name, its shape (and, quantized, its rows' fit into blocks) checked before any write."""
+    width = arch.num_layers * arch.per_layer_dim
+    name = weights.claim("embed_tokens_per_layer.weight", (arch.vocab_size_per_layer, width))
     if bits:
         check_block(name, width, block_size)
+    return name
+
+
+def write_per_layer_table(weights: Weights, name: str, arch: TextArch, writer: ShardWriter, *, bits: int | None,
+                          float_dtype, block_size: int) -> dict:
+    vocab, width = arch.vocab_size_per_layer, arch.num_layers * arch.per_layer_dim
+    scale = np.float32(arch.per_layer_dim ** 0.5)
     scale_dtype = np.float16
     data_bytes = width * bits // 8 if bits else width * np.dtype(float_dtype).itemsize
     scales_bytes = (width // block_size) * np.dtype(scale_dtype).itemsize if bits else 0

@@ -7,6 +7,7 @@ cannot be rewound.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -167,7 +168,7 @@ class Engine:
                 break
             if on_token is not None:
                 stop = on_token(token)
-                if hasattr(stop, "__await__"):
+                if inspect.isawaitable(stop):
                     stop = await stop
                 if stop:
                     result.finish_reason = "stopped"

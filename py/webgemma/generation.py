@@ -42,12 +42,14 @@ class TextGenerator:
         # special tokens stay in the text: a thinking model's <|channel>…<channel|> marks what to show as thought
         stream = _StopStringStream(Detokenizer(self.tokenizer), settings.stop_strings)
 
-        async def on_token(token: int) -> bool:
-            piece = stream.feed(token)
+        async def show(piece: str) -> None:
             if piece and on_text is not None:
                 shown = on_text(piece)
                 if inspect.isawaitable(shown):
                     await shown
+
+        async def on_token(token: int) -> bool:
+            await show(stream.feed(token))
             return stream.stopped or self.cancelled
 
         result = await self.engine.generate(prompt_ids, settings.sampling, max_new_tokens=settings.max_new_tokens,
@@ -56,11 +58,7 @@ class TextGenerator:
             result.finish_reason = "stop_string"
         elif self.cancelled:
             result.finish_reason = "cancelled"
-        tail = stream.finish()
-        if tail and on_text is not None:
-            shown = on_text(tail)
-            if inspect.isawaitable(shown):
-                await shown
+        await show(stream.finish())
         result.text = stream.text
         return result
 
