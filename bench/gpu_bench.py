@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -99,7 +100,9 @@ class Sampler(threading.Thread):
             time.sleep(0.2)
 
 
-def browser(a) -> None:
+@contextmanager
+def chromium_pages(a):
+    """Serves the site with the model linked in, starts Chromium on the GPU; yields page(name, **params) → result."""
     from webgemma_site.serve import make_server
 
     site = a.site
@@ -121,20 +124,41 @@ def browser(a) -> None:
                                  f"--user-data-dir={profile}", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sampler = Sampler()
     sampler.start()
+    runs = {}
+
+    def page(name: str, **params) -> dict:
+        query = {"autorun": "1", "backend": "webgpu", "temperature": "0", "ignore_stop": "1", **a.page_params, **params}
+        t = time.perf_counter()
+        result = cdp_result(port, base + "?" + urlencode(query), a.cdp, timeout=a.timeout)
+        result["wall_s"] = round(time.perf_counter() - t, 2)
+        runs[name] = result
+        print(name, json.dumps({k: v for k, v in result.items() if k not in ("prompt_ids", "output_ids", "text")}), flush=True)
+        if "error" in result:
+            raise SystemExit(f"{name}: {result['error']}")
+        return result
+
     try:
-        runs = {}
+        yield page, sampler
+    finally:
+        sampler.running = False
+        chromium.terminate()
+        server.shutdown()
 
-        def page(name: str, **params) -> dict:
-            query = {"autorun": "1", "backend": "webgpu", "temperature": "0", "ignore_stop": "1", **a.page_params, **params}
-            t = time.perf_counter()
-            result = cdp_result(port, base + "?" + urlencode(query), a.cdp, timeout=a.timeout)
-            result["wall_s"] = round(time.perf_counter() - t, 2)
-            runs[name] = result
-            print(name, json.dumps({k: v for k, v in result.items() if k not in ("prompt_ids", "output_ids", "text")}), flush=True)
-            if "error" in result:
-                raise SystemExit(f"{name}: {result['error']}")
-            return result
 
+def pages(a) -> None:
+    """One page load per QUERY (after a cold load that fills the storage): for A/B comparisons in one browser."""
+    with chromium_pages(a) as (page, _):
+        page("cold", prompt_tokens=8, max_new_tokens=2)
+        out = {}
+        for query in a.queries:
+            r = page(query, **dict(kv.split("=") for kv in query.split("&")))
+            out[query] = {k: r.get(k) for k in ("tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "load_ms", "ms_per_step",
+                                                "step_times", "graph_capture")} | {"first_tokens": r["output_ids"][:16]}
+    record(a, f"{a.kind}/pages", out)
+
+
+def browser(a) -> None:
+    with chromium_pages(a) as (page, sampler):
         contexts, tokens = a.contexts, a.decode_tokens
         cold = page("cold", prompt_tokens=contexts[0], max_new_tokens=tokens)
         warm = page("warm", prompt_tokens=contexts[0], max_new_tokens=tokens)
@@ -144,13 +168,9 @@ def browser(a) -> None:
         # mean the long unclipped chunks are computed right on this GPU
         check = page("short_chunks", prompt_tokens=contexts[-1], max_new_tokens=8, prefill_limit="31")
         same = check["output_ids"] == long[contexts[-1]]["output_ids"][:8]
-    finally:
-        sampler.running = False
-        chromium.terminate()
-        server.shutdown()
     decode = {n: long[n]["tokens_per_s"] for n in contexts[1:]}
     decode[contexts[0]] = warm["tokens_per_s"]
-    record(a, f"{a.kind}/browser", {
+    record(a, f"{a.kind}/browser" + ("?" + urlencode(a.page_params) if a.page_params else ""), {
         "load_cold_s": round(cold["load_ms"] / 1000, 2), "load_warm_s": round(warm["load_ms"] / 1000, 2),
         "decode_tokens_per_s": {str(k): round(v, 1) for k, v in sorted(decode.items())},
         "prefill_tokens_per_s": {str(a.prompt): round(ttft["prefill_tokens_per_s"]),
@@ -158,6 +178,9 @@ def browser(a) -> None:
         f"ttft_ms_{a.prompt}": round(ttft["ttft_ms"], 1),
         "peak_gpu_memory_gib": round(sampler.gpu_mib / 1024, 2),
         "long_chunks_equal_short_chunks": same, "page_params": a.page_params,
+        "graph_capture": warm.get("graph_capture"),
+        # the greedy tokens after the longest prompt: equal across page settings when both compute the same model
+        "first_tokens": long[contexts[-1]]["output_ids"][:32],
         "ms_per_step": {n: long[n].get("ms_per_step") for n in contexts[1:]},
         "page_memory": warm["memory"],
         "peak_rss_gib": {k: round(v / 2**20, 2) for k, v in sampler.rss.items()},
@@ -259,7 +282,8 @@ def bandwidth(a) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["prepare", "browser", "native", "torch", "bandwidth"])
+    p.add_argument("command", choices=["prepare", "browser", "pages", "native", "torch", "bandwidth"])
+    p.add_argument("queries", nargs="*", help="pages: one page query per argument, e.g. capture=1&prompt_tokens=128")
     p.add_argument("--kinds", nargs="+", default=["e2b", "e4b"])
     p.add_argument("--kind", default="e2b")
     p.add_argument("--work", type=Path, default=Path("/tmp/wgb"))
@@ -274,7 +298,7 @@ def main() -> None:
                    help="extra page parameters for every browser run, e.g. 'prefill_limit=0&prefill_chunk=1024'")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
-    {"prepare": prepare, "browser": browser, "native": native, "torch": torch_reference, "bandwidth": bandwidth}[a.command](a)
+    {"prepare": prepare, "browser": browser, "pages": pages, "native": native, "torch": torch_reference, "bandwidth": bandwidth}[a.command](a)
 
 
 if __name__ == "__main__":

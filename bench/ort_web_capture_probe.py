@@ -7,10 +7,11 @@ plain attention in numpy. Prints the error per step, or the error onnxruntime-we
 
     python bench/ort_web_capture_probe.py [--capture] [--head-dim 256] [--window -1]
 
-Measured 2026-11-26 (onnxruntime-web 1.30.0, Chromium 156, SwiftShader): without --capture the in-place cache is
-right (errors ~1e-6); with --capture every variant fails inside GQA ("createBindGroup ... 'buffer' ... undefined"),
-while capture of a plain Add works when onnxruntime allocates the outputs (and fails like this when the outputs
-are given).
+Measured 2026-11-26 (onnxruntime-web 1.30.0, Chromium 156, SwiftShader), with the site's patched bundle (see
+webgemma_site.vendor.keep_captured_buffers) and the EP named by an object (named by a string, the EP never gets
+its enableGraphCapture option and nothing is captured): the in-place cache is right with and without --capture
+(errors ~1e-6); with --capture and a window that cuts keys (--window 3) the output is wrong (errors ~4), so the
+step graph runs its sliding layers as rings without GQA's window.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ JS = """async ([model, steps, heads, kvHeads, dim, max, capture]) => {
   const ort = await import('./vendor/ort/ort.webgpu.min.mjs');
   ort.env.wasm.wasmPaths = new URL('./vendor/ort/', location.href).href;
   const bytes = Uint8Array.from(atob(model), c => c.charCodeAt(0));
-  const session = await ort.InferenceSession.create(bytes, {executionProviders: ['webgpu'],
+  const session = await ort.InferenceSession.create(bytes, {executionProviders: [{name: 'webgpu'}],
       enableGraphCapture: capture, preferredOutputLocation: 'gpu-buffer'});
   const device = await ort.env.webgpu.device;
   const buffer = n => device.createBuffer({size: Math.max(16, n * 4),

@@ -27,7 +27,7 @@ from .graph.decoder import build_decoder
 from .graph.linear import FloatLinear, NBitsLinear
 from .per_layer_table import claim_per_layer_table, write_per_layer_table
 from .quantize import bits_of, require_format
-from .shards import ShardWriter, write_weights
+from .shards import ShardWriter, share_weights, write_weights
 from .tokenizer_artifact import convert_tokenizer_json
 from .weights import Weights
 
@@ -60,6 +60,9 @@ def export(checkpoint_dir, out_dir, *, quant: str = "int4", block_size: int = 32
 
     # Building the graph claims every tensor it uses: a missing or mis-shaped tensor fails here, before any write.
     graph, io = build_decoder(arch, weights, linear, bits=bits, float_dtype=float_dtype, block_size=block_size, max_bytes=max_bytes)
+    # The one-token step graph for graph capture: the same weights by the same names, stored once.
+    step, _ = build_decoder(arch, weights, linear, bits=bits, float_dtype=float_dtype, block_size=block_size,
+                            max_bytes=max_bytes, static_cache=True)
     table_name = claim_per_layer_table(weights, arch, bits, block_size)
     skipped = weights.skipped()
     tokenizer_json = json.loads(tokenizer_path.read_text(encoding="utf-8"))
@@ -78,6 +81,8 @@ def export(checkpoint_dir, out_dir, *, quant: str = "int4", block_size: int = 32
         write_weights(model, graph.weights, writer, progress=_every_tenth(log, "decoder weights"))
         graph_bytes = model.SerializeToString()
         (tmp / "decoder.onnx").write_bytes(graph_bytes)
+        step_bytes = share_weights(step.model(), model).SerializeToString()
+        (tmp / "decoder_step.onnx").write_bytes(step_bytes)
         log("writing the per-layer embedding table")
         table = write_per_layer_table(weights, table_name, arch, ShardWriter(tmp, "per_layer", shard_bytes, align=1),
                                       bits=bits, float_dtype=float_dtype, block_size=block_size)
@@ -100,6 +105,8 @@ def export(checkpoint_dir, out_dir, *, quant: str = "int4", block_size: int = 32
                 "cache": io.cache,
                 "logits": "logits",
                 "top_k": io.top_k,
+                # same inputs, cache names and top-k outputs; caches are fixed buffers (see graph/decoder.py)
+                "step_graph": _file_entry("decoder_step.onnx", step_bytes),
             },
             "per_layer_table": table,
             "tokenizer": _file_entry("tokenizer.bin", tokenizer_bytes),

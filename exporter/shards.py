@@ -75,6 +75,19 @@ def write_weights(model: onnx.ModelProto, weights: list[Weight], writer: ShardWr
     writer.close()
 
 
+def share_weights(model: onnx.ModelProto, written: onnx.ModelProto) -> onnx.ModelProto:
+    """Points `model`'s external initializers at the data `written` already has under the same names."""
+    stored = {t.name: t for t in written.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            source = stored[t.name]
+            if list(source.dims) != list(t.dims) or source.data_type != t.data_type:
+                raise AssertionError(f"{t.name}: declared differently in the two graphs")
+            t.ClearField("external_data")
+            t.external_data.extend(source.external_data)
+    return model
+
+
 def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
     del tensor.external_data[:]
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):

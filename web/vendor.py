@@ -328,4 +328,23 @@ def vendor_ort(site: Path, nm: Path) -> None:
             data = (dist / name).read_bytes()
             if name.endswith(".mjs"):
                 data = re.sub(rb"\n//# sourceMappingURL=[^\n]*\s*$", b"\n", data)
+            if name == ORT_BUNDLES["webgpu"][0]:
+                data = keep_captured_buffers(data)
             (out / name).write_bytes(data)
+
+
+def keep_captured_buffers(bundle: bytes) -> bytes:
+    """Works around an onnxruntime-web 1.30 bug that breaks graph capture with buffers the page owns.
+
+    `run()` binds inputs and outputs once when graph capture is on, but still unregisters every user GPU buffer at
+    the end of each run; the last unregistration releases the wasm side's handle, and the replay then fails in
+    createBindGroup ("'buffer' ... undefined"). The patch skips the unregistration for graph-captured sessions
+    (the `enableGraphCapture` flag of the same function), which keeps the buffers registered while bound.
+    """
+    flag = re.search(rb"(\w+)&&!(\w+)&&\(\w+\._OrtClearBoundOutputs", bundle)
+    pattern = rb'(\w+)&&\1\[3\]==="gpu-buffer"&&(\w+)\.webgpuUnregisterBuffer'
+    if flag is None or len(re.findall(pattern, bundle)) != 2:
+        raise VendorError(f"onnxruntime-web {ORT_WEB_VERSION}: the graph-capture workaround no longer applies to "
+                          f"{ORT_BUNDLES['webgpu'][0]}; check whether the bug is fixed upstream and update vendor.py")
+    return re.sub(pattern, lambda m: m[1] + b"&&" + m[1] + b'[3]==="gpu-buffer"&&!' + flag[2] + b"&&" + m[2]
+                  + b".webgpuUnregisterBuffer", bundle)

@@ -41,10 +41,11 @@ def rotary(ctx: Context, x: str, rope: Rope, heads: int) -> str:
 
 
 def self_attention(ctx: Context, x: str, layer: int, rope: Rope, length: KvLength, past: tuple[str, str],
-                   shared: bool) -> tuple[str, str, str]:
+                   shared: bool, ring: bool = False) -> tuple[str, str, str]:
     """Returns (attention output after o_proj, present key, present value).
 
     For a cache-owning layer `past` is its own cache; for a KV-shared layer it is the source layer's present.
+    ring: a sliding layer's cache holds exactly its window (the step graph's ring), so GQA must not cut it again.
     """
     a, g = ctx.arch, ctx.g
     kind = a.layer_types[layer]
@@ -60,7 +61,7 @@ def self_attention(ctx: Context, x: str, layer: int, rope: Rope, length: KvLengt
             k = rotary(ctx, head_rms_norm(g, k, ctx.small(p + "k_norm.weight", (d,)), kv_heads, d, a.rms_norm_eps), rope, kv_heads)
             v = head_rms_norm(g, ctx.linear_layer(x, p + "v_proj.weight", kv_heads * d, hidden), None, kv_heads, d, a.rms_norm_eps)
         # A shared sliding layer's past is already exactly the window, so only own sliding layers mask by window.
-        window = a.sliding_window if kind == SLIDING and not shared else -1
+        window = a.sliding_window if kind == SLIDING and not shared and not ring else -1
         out, present_k, present_v = g.op(
             "GroupQueryAttention", [q, k, v, past[0], past[1], length.seqlens_k, length.total], 3, domain=MS_DOMAIN,
             num_heads=heads, kv_num_heads=kv_heads, scale=1.0, local_window_size=window,

@@ -11,6 +11,13 @@
 KV-shared layers write no cache and only their last position reaches the logits, so from the first shared layer
 on the graph keeps only the last position (transformers does the same). Only cache-owning layers have cache
 inputs/outputs; a sliding layer's cache output keeps the last `window` positions.
+
+With `static_cache` the same decoder becomes the one-token step graph that onnxruntime's WebGPU graph capture
+replays: every shape fixed, each cache a preallocated buffer that GroupQueryAttention writes in place (past and
+present are one buffer), only the top-k read back. A sliding layer's cache is then a ring of `window` slots run
+without GQA's window (measured wrong under capture): keys are stored rotated, so attention does not care which
+slot holds which position, and the runtime moves entries so the newest always lands in the last slot
+(webgemma.static_cache).
 """
 
 from __future__ import annotations
@@ -45,13 +52,13 @@ class DecoderIO:
 
 
 def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, float_dtype, block_size: int,
-                  max_bytes: int) -> tuple[GraphBuilder, DecoderIO]:
-    g = GraphBuilder("webgemma_gemma4_decoder")
+                  max_bytes: int, static_cache: bool = False) -> tuple[GraphBuilder, DecoderIO]:
+    g = GraphBuilder("webgemma_gemma4_decoder_step" if static_cache else "webgemma_gemma4_decoder")
     ctx = Context(g, arch, weights, linear)
     io = DecoderIO()
     first_shared = arch.first_shared_layer
 
-    ids = g.input("input_ids", np.int64, [1, "sequence"])
+    ids = g.input("input_ids", np.int64, [1, 1 if static_cache else "sequence"])
     rows = token_rows(ctx, bits, block_size)
     embed = TiedEmbedding(g, weights, weights.claim("embed_tokens.weight", (arch.vocab_size, arch.hidden_size)),
                           arch.vocab_size, arch.hidden_size, bits=bits, float_dtype=float_dtype, block_size=block_size,
@@ -65,14 +72,14 @@ def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, f
     if SLIDING in arch.layer_types[first_shared:]:
         views[SHARED_SLIDING] = _length_inputs(g, io, SHARED_SLIDING)
 
-    ple_own = split_per_layer(ctx, ple, range(0, first_shared))
+    ple_layers = split_per_layer(ctx, ple, range(0, arch.num_layers if static_cache else first_shared))
     cache_out: dict[int, tuple[str, str]] = {}
     for i in range(arch.num_layers):
         kind, shared = arch.layer_types[i], i >= first_shared
-        if i == first_shared:
+        if i == first_shared and not static_cache:  # one position already in the step graph
             with g.scope("last_position"):
                 h = _last(g, h, axis=1)
-                ple_shared = split_per_layer(ctx, _last(g, ple, axis=1), range(first_shared, arch.num_layers))
+                ple_layers += split_per_layer(ctx, _last(g, ple, axis=1), range(first_shared, arch.num_layers))
                 ropes = {t: Rope(_last(g, r.cos, 0), _last(g, r.sin, 0)) for t, r in ropes.items()}
         with g.scope(f"layers.{i}"):
             if shared:
@@ -81,13 +88,12 @@ def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, f
             else:
                 past = _cache_inputs(g, io, arch, i)
                 view = views[kind]
-            h, present = _decoder_layer(ctx, h, i, ropes[kind], view, past, shared,
-                                        ple_shared[i - first_shared] if shared else ple_own[i])
+            h, present = _decoder_layer(ctx, h, i, ropes[kind], view, past, shared, ple_layers[i], ring=static_cache)
             if not shared:
-                cache_out[i] = _cache_outputs(g, io, arch, i, present)
+                cache_out[i] = _cache_outputs(g, io, arch, i, present, keep_window=not static_cache)
 
     with g.scope("final"):
-        if first_shared == arch.num_layers:
+        if first_shared == arch.num_layers and not static_cache:
             h = _last(g, h, axis=1)
         h = rms_norm(g, h, ctx.small("norm.weight", (arch.hidden_size,)), arch.rms_norm_eps)
         logits = embed.project(g.op("Reshape", [h, g.const([1, arch.hidden_size])]))
@@ -97,17 +103,19 @@ def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, f
         # Greedy and top-k sampling need only the best candidates: found on the device, read back small.
         k = min(TOP_K, arch.vocab_size)
         values, ids = g.op("TopK", [logits, g.const([k])], 2, axis=-1, largest=1, sorted=1)
-    g.output(logits, "logits", np.float32, [1, arch.vocab_size])
+    if not static_cache:  # the step graph reads back only the candidates
+        g.output(logits, "logits", np.float32, [1, arch.vocab_size])
     io.top_k = {"k": k, "values": g.output(values, "top_logits", np.float32, [1, k]),
                 "ids": g.output(ids, "top_ids", np.int64, [1, k])}
     return g, io
 
 
-def _decoder_layer(ctx: Context, h: str, i: int, rope: Rope, view: KvLength, past, shared: bool, ple_i: str):
+def _decoder_layer(ctx: Context, h: str, i: int, rope: Rope, view: KvLength, past, shared: bool, ple_i: str,
+                   ring: bool):
     a, g = ctx.arch, ctx.g
     pre, eps = f"layers.{i}.", a.rms_norm_eps
     x = rms_norm(g, h, ctx.small(pre + "input_layernorm.weight", (a.hidden_size,)), eps)
-    attn, *present = self_attention(ctx, x, i, rope, view, past, shared)
+    attn, *present = self_attention(ctx, x, i, rope, view, past, shared, ring)
     attn = rms_norm(g, attn, ctx.small(pre + "post_attention_layernorm.weight", (a.hidden_size,)), eps)
     x, h = add_rms_norm(g, attn, h, ctx.small(pre + "pre_feedforward_layernorm.weight", (a.hidden_size,)), eps)
     y = rms_norm(g, mlp(ctx, x, i), ctx.small(pre + "post_feedforward_layernorm.weight", (a.hidden_size,)), eps)
@@ -141,9 +149,9 @@ def _cache_inputs(g: GraphBuilder, io: DecoderIO, arch, i: int) -> tuple[str, st
     return g.input(f"past_key_values.{i}.key", np.float32, shape), g.input(f"past_key_values.{i}.value", np.float32, shape)
 
 
-def _cache_outputs(g: GraphBuilder, io: DecoderIO, arch, i: int, present: list[str]) -> tuple[str, str]:
+def _cache_outputs(g: GraphBuilder, io: DecoderIO, arch, i: int, present: list[str], keep_window: bool) -> tuple[str, str]:
     kind = arch.layer_types[i]
-    window = arch.sliding_window if kind == SLIDING else None
+    window = arch.sliding_window if kind == SLIDING and keep_window else None
     shape = [1, arch.num_kv_heads[kind], f"present_sequence.{i}", arch.head_dim[kind]]
     outs = []
     for part, value in zip(("key", "value"), present):

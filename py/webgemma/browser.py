@@ -307,6 +307,13 @@ def expose_selftest(namespace: dict) -> None:
     js.window.webgemmaExec = create_proxy(run)
 
 
+def get_global(name: str) -> Any:
+    """window[name] as Python (JSON-like values), None when unset."""
+    _need_browser()
+    value = getattr(js.window, name, None)
+    return None if value is None else json.loads(js.JSON.stringify(value))
+
+
 def set_global(name: str, value: Any) -> None:
     """window[name] = value converted to plain JS (JSON-like values only)."""
     _need_browser()
@@ -460,19 +467,57 @@ async def ort_load(bundle_url: str, wasm_url: str, num_threads: int) -> Any:
 async def ort_session(ort: Any, model: bytes, external_data: dict[str, CachedFile | bytes], options: dict,
                       *, verbose: bool = False) -> JsSession:
     """InferenceSession.create(model, options + externalData); raises RuntimeError with ORT's message."""
+    bridge = await _import(ORT_BRIDGE)
+    try:
+        created = await bridge.createSession(ort, to_js(model), _session_options(options, external_data), verbose)
+    except JsException as e:
+        raise RuntimeError(f"onnxruntime-web could not create the session: {e}") from None
+    log = [str(line) for line in created.log]
+    return JsSession(ort, created.session, log)
+
+
+def _session_options(options: dict, external_data: dict[str, CachedFile | bytes]) -> Any:
     opts = to_js(options, dict_converter=js.Object.fromEntries)
     files = js.Array.new()
     for path, data in external_data.items():
         blob = data._blob if isinstance(data, CachedFile) else to_js(data)
         files.push(to_js({"path": path, "data": blob}, dict_converter=js.Object.fromEntries))
     opts.externalData = files
+    return opts
+
+
+class JsStepSession:
+    """The bridge's StepSession: a graph-captured session over fixed GPU buffers (see ort_bridge.mjs)."""
+
+    def __init__(self, step: Any) -> None:
+        self._s = step
+
+    def copy(self, copies: list[tuple[str, int, JsTensor | None, int, int]]) -> None:
+        """(cache name, byte offset, source tensor or None for the cache itself, source byte offset, bytes)."""
+        rows = [[dst, at, None if src is None else src._t.gpuBuffer, src_at, n] for dst, at, src, src_at, n in copies]
+        self._s.copy(to_js(rows))
+
+    async def run(self, feeds: dict[str, np.ndarray]) -> bytes:
+        writes = js.Array.new()
+        for name, a in feeds.items():
+            a = np.ascontiguousarray(a)
+            writes.push(to_js([name, _ORT_TYPES[a.dtype], list(a.shape), a.reshape(-1).view(np.uint8)]))
+        return (await self._s.run(writes)).to_bytes()
+
+    async def release(self) -> None:
+        await self._s.release()
+
+
+async def ort_step_session(ort: Any, model: bytes, external_data: dict[str, CachedFile | bytes], options: dict,
+                           spec: dict) -> JsStepSession:
+    """A StepSession (graph capture on) over `model`; `spec` names its fixed cache and output buffers."""
     bridge = await _import(ORT_BRIDGE)
     try:
-        created = await bridge.createSession(ort, to_js(model), opts, verbose)
+        step = await bridge.createStepSession(ort, to_js(model), _session_options(options, external_data),
+                                              to_js(spec, dict_converter=js.Object.fromEntries))
     except JsException as e:
-        raise RuntimeError(f"onnxruntime-web could not create the session: {e}") from None
-    log = [str(line) for line in created.log]
-    return JsSession(ort, created.session, log)
+        raise RuntimeError(f"onnxruntime-web could not create the step session: {e}") from None
+    return JsStepSession(step)
 
 
 async def to_numpy(t: JsTensor) -> np.ndarray:

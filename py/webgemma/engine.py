@@ -3,6 +3,11 @@
 The engine remembers which tokens its cache holds; a new prompt that extends them (a follow-up chat turn) only
 feeds the new tokens. Anything else resets the cache: a sliding layer's cache keeps only the last window, so it
 cannot be rewound.
+
+Where the backend gives a step session (`use_step_session`), decoding leaves the prefill graph after the prompt:
+the cache moves once into fixed buffers and every token is one replay of the captured step graph
+(webgemma.static_cache). Only the top-k candidates come back from it; samplers that need every logit, and long
+follow-up prompts, go back to the prefill graph.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from .manifest import Manifest
 from .per_layer_rows import PerLayerRows
 from .rope import rope_tables
 from .sampling import Sampler, SamplingSettings
+from .static_cache import StaticDecoder, StepSession
 
 FULL, SLIDING, SHARED_SLIDING = "full_attention", "sliding_attention", "shared_sliding_attention"
+STEP_PREFILL_MAX = 32  # a follow-up prompt this short is fed through the step graph; a longer one is prefilled anew
 
 
 class ContextLimitError(ValueError):
@@ -59,6 +66,14 @@ class Engine:
         self.cache: dict[str, Any] = {}
         self.last: Scores | None = None
         self.timing = {"rows": 0.0, "run": 0.0, "steps": 0}  # seconds spent reading table rows / in run()
+        self.static: StaticDecoder | None = None
+        self.on_static = False  # the cache lives in the step session's buffers
+        self.reset()
+
+    def use_step_session(self, session: StepSession) -> None:
+        """Decode through `session` from now on (see webgemma.static_cache)."""
+        self.static = StaticDecoder(session, self.io, self.window)
+        self.max_context = min(self.max_context, self.static.capacity())
         self.reset()
 
     def reset(self) -> None:
@@ -69,6 +84,7 @@ class Engine:
             empty = np.zeros((1, c["num_key_value_heads"], 0, c["head_dim"]), np.float32)
             self.cache[c["past_key"]] = self.cache[c["past_value"]] = empty
         self.tokens, self.last = [], None
+        self.on_static = False
 
     def _release(self, handles: dict) -> None:
         for handle in handles.values():
@@ -80,16 +96,43 @@ class Engine:
         sliding = min(start, self.window) + count
         return {FULL: start + count, SLIDING: sliding, SHARED_SLIDING: min(sliding, self.window)}
 
+    async def _token_feeds(self, ids: list[int]) -> dict[str, np.ndarray]:
+        """input ids, table rows and RoPE tables for `ids` following the cached tokens."""
+        positions = np.arange(len(self.tokens), len(self.tokens) + len(ids))
+        feeds = {self.io["inputs"]["input_ids"]: np.asarray([ids], np.int64), **await self.rows.feeds(ids)}
+        for kind, names in self.io["rope"].items():
+            feeds[names["cos"]], feeds[names["sin"]] = rope_tables(self.inv_freq[kind], positions)
+        return feeds
+
+    async def _step(self, token: int) -> Scores:
+        """One token through the step session (top-k scores)."""
+        if not self.on_static:
+            await self.static.load(self.cache, len(self.tokens))
+            self._release(self.cache)
+            self.cache, self.on_static = {}, True
+        t0 = time.perf_counter()
+        feeds = await self._token_feeds([token])
+        t1 = time.perf_counter()
+        values, ids = await self.static.step(feeds)
+        self._count(t0, t1)
+        self.tokens.append(token)
+        self.last = Scores(np.asarray(values).reshape(-1), np.asarray(ids).reshape(-1))
+        return self.last
+
+    def _count(self, t0: float, t1: float) -> None:
+        self.timing["rows"] += t1 - t0
+        self.timing["run"] += time.perf_counter() - t1
+        self.timing["steps"] += 1
+
     async def _run(self, ids: list[int], top_k: bool = False) -> Scores:
         """One graph run over `ids` following the cached tokens; returns the last position's scores (all the
         logits, or with `top_k` only the best ones, found on the device)."""
+        if self.static and top_k and len(ids) == 1 and self.tokens:
+            return await self._step(ids[0])
         start, count = len(self.tokens), len(ids)
-        positions = np.arange(start, start + count)
         t0 = time.perf_counter()
-        feeds = {self.io["inputs"]["input_ids"]: np.asarray([ids], np.int64), **await self.rows.feeds(ids)}
+        feeds = await self._token_feeds(ids)
         t1 = time.perf_counter()
-        for kind, names in self.io["rope"].items():
-            feeds[names["cos"]], feeds[names["sin"]] = rope_tables(self.inv_freq[kind], positions)
         lengths = self._lengths(start, count)
         for view, names in self.io["kv_length"].items():
             feeds[names["seqlens_k"]] = np.asarray([lengths[view] - 1], np.int32)
@@ -98,9 +141,7 @@ class Engine:
         top = self.io["top_k"]
         host = [top["values"], top["ids"]] if top_k else [self.io["logits"]]
         out = await self.backend.run(feeds, host)
-        self.timing["rows"] += t1 - t0
-        self.timing["run"] += time.perf_counter() - t1
-        self.timing["steps"] += 1
+        self._count(t0, t1)
         old, self.cache = self.cache, {}
         for c in self.io["cache"]:
             self.cache[c["past_key"]], self.cache[c["past_value"]] = out.pop(c["present_key"]), out.pop(c["present_value"])
@@ -124,12 +165,17 @@ class Engine:
             )
         reused = len(self.tokens)
         exact = reused == len(prompt_ids) and self.last is not None and (self.last.ids is not None) == top_k
-        if prompt_ids[:reused] != self.tokens or (reused == len(prompt_ids) and not exact):
+        leave_static = self.on_static and (not top_k or len(prompt_ids) - reused > STEP_PREFILL_MAX)
+        if prompt_ids[:reused] != self.tokens or (reused == len(prompt_ids) and not exact) or leave_static:
             self.reset()
             reused = 0
         new = prompt_ids[reused:]
         if not new:  # the prompt is exactly what the cache holds
             return self.last, reused
+        if self.on_static:
+            for token in new:
+                scores = await self._step(token)
+            return scores, reused
         while new:
             n = self._chunk(len(self.tokens), len(new))
             scores = await self._run(new[:n], top_k=top_k or n < len(new))  # only the last chunk's are read
@@ -190,6 +236,7 @@ class Engine:
             "prefill_tokens_per_s": fed / max(t_prefill - t0, 1e-9),
             "tokens_per_s": decoded / (t_end - decode_start) if decoded > 0 else 0.0,
             "backend": self.backend.name,
+            "graph_capture": self.on_static,  # decoded through the captured step session
             # where a decode step's time goes: reading table rows, the graph run (with read-back), the rest
             "ms_per_step": {k: 1000 * v / max(self.timing["steps"], 1) for k, v in self.timing.items() if k != "steps"}
             | {"total": 1000 * (t_end - decode_start) / max(decoded, 1)},

@@ -40,7 +40,8 @@ class Manifest:
     def files(self) -> list[dict]:
         """Every file the model needs besides the manifest: {path, bytes, sha256}."""
         d = self.decoder
-        return [d["graph"], *d["external_data"], *self.table["files"], self.raw["tokenizer"]]
+        step = [d["step_graph"]] if "step_graph" in d else []
+        return [d["graph"], *step, *d["external_data"], *self.table["files"], self.raw["tokenizer"]]
 
 
 def parse_manifest(text: str | bytes) -> Manifest:

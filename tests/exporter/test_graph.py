@@ -48,7 +48,8 @@ def test_manifest_follows_its_schema(model):
 
 def test_every_file_matches_its_size_and_hash(model):
     m = manifest_of(model)
-    listed = [m["decoder"]["graph"], *m["decoder"]["external_data"], *m["per_layer_table"]["files"], m["tokenizer"]]
+    listed = [m["decoder"]["graph"], m["decoder"]["step_graph"], *m["decoder"]["external_data"],
+              *m["per_layer_table"]["files"], m["tokenizer"]]
     for entry in listed:
         data = (model / entry["path"]).read_bytes()
         assert len(data) == entry["bytes"] and hashlib.sha256(data).hexdigest() == entry["sha256"], entry["path"]
@@ -65,6 +66,23 @@ def test_graph_uses_only_webgpu_ops_and_caches_only_owning_layers(model):
     assert cache_inputs == {f"past_key_values.{i}.{p}" for i in range(first_shared) for p in ("key", "value")}
     assert {o.name for o in graph.output} == {"logits", "top_logits", "top_ids"} | {
         f"present.{i}.{p}" for i in range(first_shared) for p in ("key", "value")}
+
+
+def test_step_graph_shares_the_weights_and_fixes_its_shapes(model):
+    decoder = onnx.load(model / "decoder.onnx", load_external_data=False).graph
+    step = onnx.load(model / "decoder_step.onnx", load_external_data=False).graph
+    assert {n.op_type for n in step.node} <= WEBGPU_OPS
+    assert [i.name for i in step.input] == [i.name for i in decoder.input]
+    assert {o.name for o in step.output} == {o.name for o in decoder.output} - {"logits"}
+    ids = next(i for i in step.input if i.name == "input_ids")
+    assert [d.dim_value for d in ids.type.tensor_type.shape.dim] == [1, 1]
+    # no window inside GQA (the rings hold exactly the window) and no Slice keeping the last window of a cache
+    for node in step.node:
+        if node.op_type == "GroupQueryAttention":
+            assert next(a.i for a in node.attribute if a.name == "local_window_size") == -1
+    assert not any(n.name.endswith(("window_key", "window_value")) for n in step.node)
+    external = {t.name: list(t.external_data) for t in decoder.initializer if t.external_data}
+    assert {t.name: list(t.external_data) for t in step.initializer if t.external_data} == external
 
 
 def test_only_the_towers_are_skipped(model):

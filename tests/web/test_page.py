@@ -47,19 +47,23 @@ def run_page(page, site, **params) -> dict:
     return page.evaluate("window.webgemmaResult")
 
 
-@pytest.mark.parametrize("backend", ["wasm", "webgpu"])
+@pytest.mark.parametrize("backend", ["wasm", "webgpu", "webgpu-capture"])
 @pytest.mark.parametrize("quant", ["fp32", "int4"])
 def test_page_generates_the_cli_tokens(sites, offline_context, quant, backend):
     model, site = sites[quant]
-    tokens = WEBGPU_TOKENS if backend == "webgpu" else WASM_TOKENS
+    backend, capture = backend.removesuffix("-capture"), backend.endswith("-capture")
+    # the prompt (~20 tokens) is longer than the window (8): the step session's sliding rings wrap from its first token
+    tokens = WEBGPU_TOKENS + 8 * capture if backend == "webgpu" else WASM_TOKENS
     context, _ = offline_context(site.url)
     page = context.new_page()
-    result = run_page(page, site, backend=backend, max_new_tokens=tokens, verbose="1")
+    result = run_page(page, site, backend=backend, max_new_tokens=tokens, verbose="1", capture=str(int(capture)))
     expected = cli_json(model, tokens)
     assert result.get("error") is None, result
     assert result["backend"] == backend
     assert (result["prompt_ids"], result["output_ids"], result["text"]) == (expected["prompt_ids"], expected["output_ids"], expected["text"])
     assert result["tokens_per_s"] > 0 and result["ttft_ms"] > 0 and result["prefill_tokens_per_s"] > 0
+    # with capture=1 the tokens after the first come from the graph-captured step session (webgemma.static_cache)
+    assert result["graph_capture"] == capture
     if backend == "webgpu":
         placement = page.evaluate("window.webgemmaPlacement")
         assert list(placement["counts"]) == ["WebGpuExecutionProvider"], placement  # every node, none on CPU

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import urllib.request
 import zipfile
@@ -159,3 +160,11 @@ def test_parse_range():
     assert _parse_range("bytes=9-3", 10) == ()
     assert _parse_range("bytes=-0", 10) == ()
     assert _parse_range("items=1-2", 10) is None
+
+
+def test_the_graph_capture_workaround_is_applied_or_the_build_says_why(built):
+    bundle = (built / vendor.ORT_DIR / vendor.ORT_BUNDLES["webgpu"][0]).read_bytes()
+    # both unregistration loops of run() now skip graph-captured sessions
+    assert len(re.findall(rb'"gpu-buffer"&&!\w+&&\w+\.webgpuUnregisterBuffer', bundle)) == 2
+    with pytest.raises(vendor.VendorError, match="graph-capture workaround no longer applies"):
+        vendor.keep_captured_buffers(bundle.replace(b"webgpuUnregisterBuffer", b"webgpuForgetBuffer"))

@@ -52,3 +52,113 @@ export async function tensorBytes(tensor) {
   const data = tensor.location === "cpu" ? tensor.data : await tensor.getData();
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
 }
+
+// Step decoding under graph capture (webgemma.static_cache): onnxruntime records the step graph's GPU commands
+// once and replays them, so every input and output must be the same GPU buffer on every run. The caches are bound
+// as both past input and present output (GroupQueryAttention writes them in place); the other inputs are
+// rewritten with writeBuffer before each run; the top-k candidates come back through one staging buffer.
+const SIZES = { float32: 4, int64: 8, int32: 4, uint8: 1 };
+
+export async function createStepSession(ort, model, options, spec) {
+  const session = await ort.InferenceSession.create(model, { ...options, enableGraphCapture: true });
+  return new StepSession(ort, session, await ort.env.webgpu.device, spec);
+}
+
+class StepSession {
+  // spec.caches: [{input, output, type, dims}]; spec.outputs: [{name, type, dims}], read back in this order.
+  // The other inputs get their buffers on the first run, from what it writes.
+  constructor(ort, session, device, spec) {
+    this.ort = ort;
+    this.session = session;
+    this.device = device;
+    this.buffers = new Map();
+    this.feeds = {};
+    this.fetches = {};
+    for (const { input, output, type, dims } of spec.caches) {
+      this.feeds[input] = this.tensor(input, type, dims);
+      this.fetches[output] = this.feeds[input];
+      this.buffers.set(output, this.buffers.get(input));
+    }
+    for (const { name, type, dims } of spec.outputs) this.fetches[name] = this.tensor(name, type, dims);
+    this.read = spec.outputs.map(({ name, type, dims }) => [name, dims.reduce((a, b) => a * b, 1) * SIZES[type]]);
+    this.staging = device.createBuffer({
+      size: this.read.reduce((sum, [, bytes]) => sum + bytes, 0),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+  }
+
+  tensor(name, type, dims) {
+    const bytes = dims.reduce((a, b) => a * b, 1) * SIZES[type];
+    const buffer = this.device.createBuffer({
+      size: Math.max(16, Math.ceil(bytes / 16) * 16),
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+    });
+    this.buffers.set(name, buffer);
+    return this.ort.Tensor.fromGpuBuffer(buffer, { dataType: type, dims });
+  }
+
+  // copies: [[dst, dstOffset, src (a GPUBuffer, or null for the same cache), srcOffset, bytes]]. WebGPU does not
+  // copy within one buffer, so those go through a scratch buffer.
+  copy(copies) {
+    const encoder = this.device.createCommandEncoder();
+    const within = copies.filter(([, , src]) => !src);
+    const total = within.reduce((sum, [, , , , bytes]) => sum + bytes, 0);
+    if (total > (this.scratch?.size ?? 0)) {
+      this.scratch?.destroy();
+      this.scratch = this.device.createBuffer({ size: total, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+    }
+    let at = 0;
+    for (const [dst, , , srcOffset, bytes] of within) {
+      encoder.copyBufferToBuffer(this.buffers.get(dst), srcOffset, this.scratch, at, bytes);
+      at += bytes;
+    }
+    at = 0;
+    for (const [dst, dstOffset, src, srcOffset, bytes] of copies) {
+      if (src) {
+        encoder.copyBufferToBuffer(src, srcOffset, this.buffers.get(dst), dstOffset, bytes);
+      } else {
+        encoder.copyBufferToBuffer(this.scratch, at, this.buffers.get(dst), dstOffset, bytes);
+        at += bytes;
+      }
+    }
+    this.device.queue.submit([encoder.finish()]);
+  }
+
+  // writes: [[input name, type, dims, Uint8Array]], every input but the caches → the outputs' bytes, concatenated
+  async run(writes) {
+    const t0 = performance.now();
+    for (const [name, type, dims, data] of writes) {
+      if (!this.buffers.has(name)) this.feeds[name] = this.tensor(name, type, dims);
+      const padded = data.byteLength % 4 ? new Uint8Array(Math.ceil(data.byteLength / 4) * 4) : data;
+      if (padded !== data) padded.set(data);
+      this.device.queue.writeBuffer(this.buffers.get(name), 0, padded);
+    }
+    const t1 = performance.now();
+    await this.session.run(this.feeds, this.fetches);
+    const t2 = performance.now();
+    const encoder = this.device.createCommandEncoder();
+    let offset = 0;
+    for (const [name, bytes] of this.read) {
+      encoder.copyBufferToBuffer(this.buffers.get(name), 0, this.staging, offset, bytes);
+      offset += bytes;
+    }
+    this.device.queue.submit([encoder.finish()]);
+    await this.staging.mapAsync(GPUMapMode.READ);
+    const bytes = new Uint8Array(this.staging.getMappedRange().slice(0));
+    this.staging.unmap();
+    // where a step's time goes, for benchmarks: writing inputs, session.run (the replay), waiting for the result
+    const times = (globalThis.webgemmaStepTimes ??= { runs: 0, write_ms: 0, run_ms: 0, read_ms: 0 });
+    times.runs += 1;
+    times.write_ms += t1 - t0;
+    times.run_ms += t2 - t1;
+    times.read_ms += performance.now() - t2;
+    return bytes;
+  }
+
+  async release() {
+    await this.session.release();
+    for (const buffer of new Set(this.buffers.values())) buffer.destroy();
+    this.staging.destroy();
+    this.scratch?.destroy();
+  }
+}

@@ -63,14 +63,64 @@ class NativeBackend:
     def release(self, handle) -> None:
         pass  # numpy arrays and OrtValues are freed by the garbage collector
 
+    def step_session(self, model_dir: Path, manifest, context: int) -> NativeStepSession:
+        """The step graph on the CPU EP over fixed numpy caches (see webgemma.static_cache): the reference the
+        browser's captured decoding is checked against."""
+        if self.name != "cpu":
+            raise ValueError("the native step session runs on the CPU EP only")
+        return NativeStepSession(self._ort, Path(model_dir) / manifest.decoder["step_graph"]["path"], manifest, context)
+
     def close(self) -> None:
         self.session = None
+
+
+class NativeStepSession:
+    """webgemma.static_cache.StepSession on onnxruntime's CPU EP: every cache is a numpy array bound as both the
+    past input and the present output, so GroupQueryAttention writes into it in place, as on the GPU."""
+
+    def __init__(self, ort, path: Path, manifest, context: int):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=["ConstantFolding"])
+        self.io = manifest.decoder
+        self.caches: dict[str, np.ndarray] = {}
+        self.slots: dict[str, int] = {}
+        self.present: dict[str, str] = {}
+        for c in self.io["cache"]:
+            slots = c["window"] or context
+            for part in ("key", "value"):
+                name = c[f"past_{part}"]
+                self.caches[name] = np.zeros((1, c["num_key_value_heads"], slots, c["head_dim"]), np.float32)
+                self.slots[name], self.present[name] = slots, c[f"present_{part}"]
+        self._values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in self.caches.items()}
+
+    async def copy(self, copies) -> None:
+        for c in copies:
+            dst = self.caches[c.dst]
+            src = dst if c.src is None else np.asarray(c.src)
+            dst[:, :, c.dst_row:c.dst_row + c.rows] = src[:, :, c.src_row:c.src_row + c.rows]
+
+    async def run(self, feeds: dict) -> tuple[np.ndarray, np.ndarray]:
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name, value in self._values.items():
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(self.present[name], value)
+        top = self.io["top_k"]
+        binding.bind_output(top["values"], "cpu")
+        binding.bind_output(top["ids"], "cpu")
+        self.session.run_with_iobinding(binding)
+        outputs = dict(zip([o.name for o in self.session.get_outputs()], binding.get_outputs()))
+        return outputs[top["values"]].numpy(), outputs[top["ids"]].numpy()
 
 
 def _webgpu_device(ort):
     import onnxruntime_ep_webgpu as webgpu
 
-    ort.register_execution_provider_library("webgpu", webgpu.get_library_path())
+    if not any(d.ep_name == webgpu.get_ep_name() for d in ort.get_ep_devices()):  # registered once per process
+        ort.register_execution_provider_library("webgpu", webgpu.get_library_path())
     device = next((d for d in ort.get_ep_devices() if d.ep_name == webgpu.get_ep_name()), None)
     if device is None:
         raise RuntimeError("onnxruntime-ep-webgpu found no WebGPU device (a GPU and libvulkan.so.1 are needed)")

@@ -94,8 +94,9 @@ class OrtWebBackend:
     """`Backend` over an onnxruntime-web InferenceSession (see webgemma.backends.Backend)."""
 
     def __init__(self, session: browser.JsSession, name: str, notice: str | None, host_outputs: Sequence[str],
-                 adapter: dict | None = None) -> None:
+                 adapter: dict | None = None, ort: Any = None) -> None:
         self._session = session
+        self._ort = ort  # the onnxruntime-web module, for further sessions (the step session)
         self.name = name  # "webgpu" or "wasm"
         self.notice = notice  # why wasm was chosen, when it was chosen for want of WebGPU
         self.adapter = adapter  # the WebGPU adapter's vendor, architecture, limits (None on wasm)
@@ -143,7 +144,28 @@ class OrtWebBackend:
             options["logSeverityLevel"] = 0
             options["logVerbosityLevel"] = 0
         session = await browser.ort_session(ort, model, dict(external_data or {}), options, verbose=verbose_log)
-        return cls(session, name, notice, host_outputs, adapter)
+        return cls(session, name, notice, host_outputs, adapter, ort)
+
+    async def step_session(self, model: bytes, external_data: Mapping[str, CachedFile | bytes], manifest,
+                           context: int, **options: Any) -> WebStepSession:
+        """The step graph under graph capture (WebGPU only), its caches fixed buffers for `context` tokens."""
+        if self.name != "webgpu":
+            raise ValueError("graph capture needs the WebGPU EP")
+        io = manifest.decoder
+        caches = []
+        for c in io["cache"]:
+            dims = [1, c["num_key_value_heads"], c["window"] or context, c["head_dim"]]
+            caches += [{"input": c[f"past_{p}"], "output": c[f"present_{p}"], "type": "float32", "dims": dims}
+                       for p in ("key", "value")]
+        k = io["top_k"]["k"]
+        outputs = [{"name": io["top_k"]["values"], "type": "float32", "dims": [1, k]},
+                   {"name": io["top_k"]["ids"], "type": "int64", "dims": [1, k]}]
+        # the EP only gets its enableGraphCapture option when it is named by an object, not by a string
+        session_options = {"executionProviders": [{"name": "webgpu"}], "graphOptimizationLevel": "disabled",
+                           "preferredOutputLocation": "gpu-buffer", **options}
+        step = await browser.ort_step_session(self._ort, model, dict(external_data), session_options,
+                                              {"caches": caches, "outputs": outputs})
+        return WebStepSession(step, caches, k)
 
     @property
     def creation_log(self) -> list[str]:
@@ -196,6 +218,32 @@ class OrtWebBackend:
 
     def close(self) -> None:
         asyncio.ensure_future(self.aclose())
+
+
+class WebStepSession:
+    """webgemma.static_cache.StepSession over the bridge's graph-captured StepSession."""
+
+    def __init__(self, step: browser.JsStepSession, caches: list[dict], k: int):
+        self._step, self.k = step, k
+        self.slots = {c["input"]: c["dims"][2] for c in caches}
+        self._dims = {c["input"]: c["dims"] for c in caches}
+
+    async def copy(self, copies) -> None:
+        rows = []
+        for c in copies:
+            _, heads, slots, dim = self._dims[c.dst]
+            src_rows = slots if c.src is None else c.src_rows
+            for h in range(heads if c.rows else 0):  # [1, heads, slots, dim] float32: one run of rows per head
+                rows.append((c.dst, 4 * dim * (h * slots + c.dst_row), c.src, 4 * dim * (h * src_rows + c.src_row),
+                             4 * dim * c.rows))
+        self._step.copy(rows)
+
+    async def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        data = await self._step.run(feeds)
+        return (np.frombuffer(data, np.float32, self.k), np.frombuffer(data, np.int64, self.k, offset=4 * self.k))
+
+    async def aclose(self) -> None:
+        await self._step.release()
 
 
 def graph_output_names(model: bytes) -> list[str]:

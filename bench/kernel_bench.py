@@ -1,0 +1,160 @@
+"""GPU cost of single decode-step kernels at Gemma 4 E2B shapes, through native Dawn (onnxruntime-ep-webgpu) with
+graph capture, so the CPU's per-kernel cost is out of the figure.
+
+For each kernel, a graph with R independent copies of the node on the same inputs is replayed; the time per run
+for R = 1 and R = 33 gives the cost of one more node: (t33 - t1) / 32.
+
+    python bench/kernel_bench.py [--runs 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+H, FF, VOCAB, HEADS = 1536, 6144, 262144, 8
+F32, I32, I64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
+
+
+def matmul_nbits(k: int, n: int, copies: int):
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.integers(0, 255, (n, k // 32, 16), dtype=np.uint8), "w"),
+             numpy_helper.from_array(rng.random((n * k // 32,), dtype=np.float32) * 0.01, "s")]
+    nodes = [helper.make_node("MatMulNBits", ["x", "w", "s"], [f"y{i}"], domain="com.microsoft", K=k, N=n, bits=4,
+                              block_size=32) for i in range(copies)]
+    return nodes, inits, {"x": (F32, [1, 1, k])}, {f"y{i}": (F32, [1, 1, n]) for i in range(copies)}
+
+
+def top_k(copies: int):
+    nodes = [helper.make_node("TopK", ["x", "k"], [f"v{i}", f"i{i}"], axis=-1, largest=1, sorted=1) for i in range(copies)]
+    outs = {f"v{i}": (F32, [1, 64]) for i in range(copies)} | {f"i{i}": (I64, [1, 64]) for i in range(copies)}
+    return nodes, [numpy_helper.from_array(np.array([64], np.int64), "k")], {"x": (F32, [1, VOCAB])}, outs
+
+
+def top_k_two_stage(copies: int, rows: int = 512):
+    """The same top 64, found per row of a [rows, VOCAB/rows] view first, then among the rows' winners."""
+    inits = [numpy_helper.from_array(np.array([64], np.int64), "k"),
+             numpy_helper.from_array(np.array([rows, VOCAB // rows], np.int64), "shape"),
+             numpy_helper.from_array(np.array([1, -1], np.int64), "flat"),
+             numpy_helper.from_array((np.arange(rows, dtype=np.int64) * (VOCAB // rows))[:, None], "base")]
+    nodes, outs = [helper.make_node("Reshape", ["x", "shape"], ["grid"])], {}
+    for i in range(copies):
+        nodes += [
+            helper.make_node("TopK", ["grid", "k"], [f"rv{i}", f"ri{i}"], axis=-1, largest=1, sorted=0),
+            helper.make_node("Add", [f"ri{i}", "base"], [f"gi{i}"]),
+            helper.make_node("Reshape", [f"rv{i}", "flat"], [f"fv{i}"]),
+            helper.make_node("Reshape", [f"gi{i}", "flat"], [f"fi{i}"]),
+            helper.make_node("TopK", [f"fv{i}", "k"], [f"v{i}", f"j{i}"], axis=-1, largest=1, sorted=1),
+            helper.make_node("GatherElements", [f"fi{i}", f"j{i}"], [f"i{i}"], axis=1),
+        ]
+        outs[f"v{i}"], outs[f"i{i}"] = (F32, [1, 64]), (I64, [1, 64])
+    return nodes, inits, {"x": (F32, [1, VOCAB])}, outs
+
+
+def arg_max(copies: int):
+    nodes = [helper.make_node("ArgMax", ["x"], [f"i{i}"], axis=-1, keepdims=1) for i in range(copies)]
+    return nodes, [], {"x": (F32, [1, VOCAB])}, {f"i{i}": (I64, [1, 1]) for i in range(copies)}
+
+
+def gqa(head: int, past: int, copies: int):
+    """Decode attention over `past` cached positions; the cache is one buffer written in place (as in the step graph)."""
+    cache = [1, 1, past + 64, head]
+    ins = {"q": (F32, [1, 1, HEADS * head]), "k": (F32, [1, 1, head]), "v": (F32, [1, 1, head]),
+           "pk": (F32, cache), "pv": (F32, cache), "sl": (I32, [1]), "tl": (I32, [])}
+    nodes, outs = [], {}
+    for i in range(copies):
+        nodes.append(helper.make_node("GroupQueryAttention", ["q", "k", "v", "pk", "pv", "sl", "tl"],
+                                      [f"y{i}", f"pk{i}", f"pv{i}"], domain="com.microsoft", num_heads=HEADS,
+                                      kv_num_heads=1, scale=1.0))
+        outs[f"y{i}"] = (F32, [1, 1, HEADS * head])
+        outs[f"pk{i}"] = ("pk", cache)  # bound to the input's buffer
+        outs[f"pv{i}"] = ("pv", cache)
+    return nodes, [], ins, outs
+
+
+def lm_head(copies: int):
+    """The tied lm_head as exported: two MatMulNBits of 131072 rows each (a binding holds at most 128 MiB)."""
+    nodes, inits, ins, outs = matmul_nbits(H, VOCAB // 2, copies)
+    return nodes, inits, ins, outs
+
+
+def timed(build, runs: int, capture: bool) -> float:
+    import onnxruntime as ort
+
+    from webgemma.backends.ort_native import _webgpu_device
+
+    nodes, inits, ins, outs = build
+    declared = {n: (v if isinstance(v[0], int) else (F32, v[1])) for n, v in outs.items()}
+    graph = helper.make_graph(nodes, "bench", [helper.make_tensor_value_info(n, t, s) for n, (t, s) in ins.items()],
+                              [helper.make_tensor_value_info(n, t, s) for n, (t, s) in declared.items()], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_provider_for_devices([_webgpu_device(ort)], {"enableGraphCapture": "1" if capture else "0"})
+    session = ort.InferenceSession(model.SerializeToString(), options)
+    binding = session.io_binding()
+    types = {F32: np.float32, I32: np.int32, I64: np.int64}
+    bound = {}
+    for name, (t, shape) in ins.items():
+        value = np.ones(shape, types[t])
+        if name in ("sl", "tl"):  # the token goes after `past` cached positions
+            past = ins["pk"][1][2] - 64
+            value = np.array([past] if name == "sl" else past + 1, np.int32)
+        bound[name] = ort.OrtValue.ortvalue_from_numpy(value, "webgpu", 0)
+        binding.bind_ortvalue_input(name, bound[name])
+    for name, v in outs.items():
+        if isinstance(v[0], str):
+            binding.bind_ortvalue_output(name, bound[v[0]])
+        else:
+            binding.bind_output(name, "webgpu")
+    session.run_with_iobinding(binding)  # capture wants outputs this session allocated: keep the first run's
+    for name, value in zip([o.name for o in session.get_outputs()], binding.get_outputs()):
+        if not isinstance(outs[name][0], str):
+            binding.bind_ortvalue_output(name, value)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[5:]) * 1000
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=50)
+    a = p.parse_args()
+    cases = {
+        "MatMulNBits int4 1536→6144": lambda r: matmul_nbits(H, FF, r),
+        "MatMulNBits int4 6144→1536": lambda r: matmul_nbits(FF, H, r),
+        "MatMulNBits int4 1536→2048 (q)": lambda r: matmul_nbits(H, 2048, r),
+        "MatMulNBits int4 1536→131072 (lm_head half)": lm_head,
+        "TopK 64 of 262144": top_k,
+        "TopK 64 of 262144, two stages (512 rows)": top_k_two_stage,
+        "TopK 64 of 262144, two stages (64 rows)": lambda r: top_k_two_stage(r, 64),
+        "ArgMax of 262144": arg_max,
+        "GQA decode head 256, 512 past": lambda r: gqa(256, 512, r),
+        "GQA decode head 512, 4096 past": lambda r: gqa(512, 4096, r),
+    }
+    print(f"{'kernel':44s} {'capture':>8s} {'1 node ms':>10s} {'33 nodes ms':>12s} {'per node µs':>12s}")
+    for name, build in cases.items():
+        for capture in (False,):  # native capture refuses values bound from Python (see BENCHMARKS.md)
+            try:
+                one, many = timed(build(1), a.runs, capture), timed(build(33), a.runs, capture)
+            except Exception as e:  # noqa: BLE001 - report what onnxruntime said for this case
+                print(f"{name:44s} {capture!s:>8s} failed: {str(e).splitlines()[0][:150]}")
+                continue
+            print(f"{name:44s} {capture!s:>8s} {one:10.3f} {many:12.3f} {(many - one) / 32 * 1000:12.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
