@@ -7,6 +7,8 @@ Subcommands, run on the GPU machine (see BENCHMARKS.md for the whole session):
                                   ../shared/gpu-browser/setup.sh): cold and warm load, decode at 128/1024/4096
                                   tokens of context, prefill of 512/4096 tokens, time to first token, peak GPU
                                   memory, the page's heap and the renderer's resident memory
+    pages     QUERY... --kind e2b one page load per query (e.g. "capture=1&prompt_tokens=1024&max_new_tokens=128")
+                                  after a cold load, in one Chromium: A/B comparisons of page settings
     native    --kind e2b          the same graph and runtime through native Dawn (onnxruntime-ep-webgpu)
     torch     --kind e2b          transformers' PyTorch CUDA decode of the same checkpoint (bf16)
     bandwidth                     a device-to-device copy: the memory bandwidth behind the decode floor

@@ -21,13 +21,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .backends import Backend
-from .manifest import Manifest
+from .manifest import FULL, SHARED_SLIDING, SLIDING, Manifest
 from .per_layer_rows import PerLayerRows
 from .rope import rope_tables
 from .sampling import Sampler, SamplingSettings
 from .static_cache import StaticDecoder, StepSession
 
-FULL, SLIDING, SHARED_SLIDING = "full_attention", "sliding_attention", "shared_sliding_attention"
 STEP_PREFILL_MAX = 32  # a follow-up prompt this short is fed through the step graph; a longer one is prefilled anew
 
 

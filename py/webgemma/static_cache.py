@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-FULL, SLIDING, SHARED_SLIDING = "full_attention", "sliding_attention", "shared_sliding_attention"
+from .manifest import FULL, SHARED_SLIDING, SLIDING
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class StaticDecoder:
 
     def __init__(self, session: StepSession, io: dict, window: int):
         self.session, self.io = session, io
-        self.own = [c for c in io["cache"]]
+        self.own = list(io["cache"])
         self.sliding = [c for c in self.own if c["window"]]
         self.ring = SlotRing(window)
         self.length = 0

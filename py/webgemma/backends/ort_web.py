@@ -97,6 +97,7 @@ class OrtWebBackend:
                  adapter: dict | None = None, ort: Any = None) -> None:
         self._session = session
         self._ort = ort  # the onnxruntime-web module, for further sessions (the step session)
+        self._steps: list[browser.JsStepSession] = []
         self.name = name  # "webgpu" or "wasm"
         self.notice = notice  # why wasm was chosen, when it was chosen for want of WebGPU
         self.adapter = adapter  # the WebGPU adapter's vendor, architecture, limits (None on wasm)
@@ -147,7 +148,7 @@ class OrtWebBackend:
         return cls(session, name, notice, host_outputs, adapter, ort)
 
     async def step_session(self, model: bytes, external_data: Mapping[str, CachedFile | bytes], manifest,
-                           context: int, **options: Any) -> WebStepSession:
+                           context: int) -> WebStepSession:
         """The step graph under graph capture (WebGPU only), its caches fixed buffers for `context` tokens."""
         if self.name != "webgpu":
             raise ValueError("graph capture needs the WebGPU EP")
@@ -162,9 +163,10 @@ class OrtWebBackend:
                    {"name": io["top_k"]["ids"], "type": "int64", "dims": [1, k]}]
         # the EP only gets its enableGraphCapture option when it is named by an object, not by a string
         session_options = {"executionProviders": [{"name": "webgpu"}], "graphOptimizationLevel": "disabled",
-                           "preferredOutputLocation": "gpu-buffer", **options}
+                           "preferredOutputLocation": "gpu-buffer"}
         step = await browser.ort_step_session(self._ort, model, dict(external_data), session_options,
                                               {"caches": caches, "outputs": outputs})
+        self._steps.append(step)  # released with this backend
         return WebStepSession(step, caches, k)
 
     @property
@@ -214,6 +216,8 @@ class OrtWebBackend:
         return await browser.to_numpy(handle)
 
     async def aclose(self) -> None:
+        for step in self._steps:
+            await step.release()
         await self._session.release()
 
     def close(self) -> None:
@@ -241,9 +245,6 @@ class WebStepSession:
     async def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         data = await self._step.run(feeds)
         return (np.frombuffer(data, np.float32, self.k), np.frombuffer(data, np.int64, self.k, offset=4 * self.k))
-
-    async def aclose(self) -> None:
-        await self._step.release()
 
 
 def graph_output_names(model: bytes) -> list[str]:
