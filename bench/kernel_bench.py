@@ -1,8 +1,9 @@
-"""GPU cost of single decode-step kernels at Gemma 4 E2B shapes, through native Dawn (onnxruntime-ep-webgpu) with
-graph capture, so the CPU's per-kernel cost is out of the figure.
+"""Cost of single decode-step kernels at Gemma 4 E2B shapes, through native Dawn (onnxruntime-ep-webgpu); the same
+graphs run in Chromium with graph capture through bench/browser_kernel_bench.py.
 
-For each kernel, a graph with R independent copies of the node on the same inputs is replayed; the time per run
-for R = 1 and R = 33 gives the cost of one more node: (t33 - t1) / 32.
+For each kernel, a graph with R independent copies of the node on the same inputs is run; the time per run
+(until the outputs are ready) for R = 1 and R = 33 gives the cost of one more node: (t33 - t1) / 32. Natively
+that is the kernel's GPU time plus onnxruntime's CPU cost per node (graph capture refuses values bound from Python).
 
     python bench/kernel_bench.py [--runs 50]
 """
@@ -86,29 +87,61 @@ def lm_head(copies: int):
     return nodes, inits, ins, outs
 
 
-def timed(build, runs: int, capture: bool) -> float:
-    import onnxruntime as ort
-
-    from webgemma.backends.ort_native import _webgpu_device
-
+def model_bytes(build) -> bytes:
     nodes, inits, ins, outs = build
     declared = {n: (v if isinstance(v[0], int) else (F32, v[1])) for n, v in outs.items()}
     graph = helper.make_graph(nodes, "bench", [helper.make_tensor_value_info(n, t, s) for n, (t, s) in ins.items()],
                               [helper.make_tensor_value_info(n, t, s) for n, (t, s) in declared.items()], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 10
+    return model.SerializeToString()
+
+
+def add(copies: int):
+    """The smallest kernel: what one more dispatch costs."""
+    nodes = [helper.make_node("Add", ["x", "x"], [f"y{i}"]) for i in range(copies)]
+    return nodes, [], {"x": (F32, [1, 1, H])}, {f"y{i}": (F32, [1, 1, H]) for i in range(copies)}
+
+
+def sequence_values(ins: dict) -> dict[str, int]:
+    """seqlens_k and total_sequence_length for a token after the cache's `past` positions (see gqa)."""
+    past = ins["pk"][1][2] - 64
+    return {"sl": past, "tl": past + 1}
+
+
+CASES = {
+    "Add 1536": add,
+    "MatMulNBits int4 1536→6144": lambda r: matmul_nbits(H, FF, r),
+    "MatMulNBits int4 6144→1536": lambda r: matmul_nbits(FF, H, r),
+    "MatMulNBits int4 1536→2048 (q)": lambda r: matmul_nbits(H, 2048, r),
+    "MatMulNBits int4 1536→131072 (lm_head half)": lambda r: lm_head(r),
+    "TopK 64 of 262144": lambda r: top_k(r),
+    "TopK 64 of 262144, two stages (512 rows)": lambda r: top_k_two_stage(r),
+    "TopK 64 of 262144, two stages (64 rows)": lambda r: top_k_two_stage(r, 64),
+    "ArgMax of 262144": lambda r: arg_max(r),
+    "GQA decode head 256, 512 past": lambda r: gqa(256, 512, r),
+    "GQA decode head 512, 4096 past": lambda r: gqa(512, 4096, r),
+}
+
+
+def timed(build, runs: int) -> float:
+    import onnxruntime as ort
+
+    from webgemma.backends.ort_native import _webgpu_device
+
+    nodes, inits, ins, outs = build
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.add_provider_for_devices([_webgpu_device(ort)], {"enableGraphCapture": "1" if capture else "0"})
-    session = ort.InferenceSession(model.SerializeToString(), options)
+    options.add_provider_for_devices([_webgpu_device(ort)], {})
+    session = ort.InferenceSession(model_bytes(build), options)
     binding = session.io_binding()
     types = {F32: np.float32, I32: np.int32, I64: np.int64}
     bound = {}
     for name, (t, shape) in ins.items():
         value = np.ones(shape, types[t])
         if name in ("sl", "tl"):  # the token goes after `past` cached positions
-            past = ins["pk"][1][2] - 64
-            value = np.array([past] if name == "sl" else past + 1, np.int32)
+            v = sequence_values(ins)[name]
+            value = np.array([v] if name == "sl" else v, np.int32)
         bound[name] = ort.OrtValue.ortvalue_from_numpy(value, "webgpu", 0)
         binding.bind_ortvalue_input(name, bound[name])
     for name, v in outs.items():
@@ -133,27 +166,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=50)
     a = p.parse_args()
-    cases = {
-        "MatMulNBits int4 1536→6144": lambda r: matmul_nbits(H, FF, r),
-        "MatMulNBits int4 6144→1536": lambda r: matmul_nbits(FF, H, r),
-        "MatMulNBits int4 1536→2048 (q)": lambda r: matmul_nbits(H, 2048, r),
-        "MatMulNBits int4 1536→131072 (lm_head half)": lm_head,
-        "TopK 64 of 262144": top_k,
-        "TopK 64 of 262144, two stages (512 rows)": top_k_two_stage,
-        "TopK 64 of 262144, two stages (64 rows)": lambda r: top_k_two_stage(r, 64),
-        "ArgMax of 262144": arg_max,
-        "GQA decode head 256, 512 past": lambda r: gqa(256, 512, r),
-        "GQA decode head 512, 4096 past": lambda r: gqa(512, 4096, r),
-    }
-    print(f"{'kernel':44s} {'capture':>8s} {'1 node ms':>10s} {'33 nodes ms':>12s} {'per node µs':>12s}")
-    for name, build in cases.items():
-        for capture in (False,):  # native capture refuses values bound from Python (see BENCHMARKS.md)
-            try:
-                one, many = timed(build(1), a.runs, capture), timed(build(33), a.runs, capture)
-            except Exception as e:  # noqa: BLE001 - report what onnxruntime said for this case
-                print(f"{name:44s} {capture!s:>8s} failed: {str(e).splitlines()[0][:150]}")
-                continue
-            print(f"{name:44s} {capture!s:>8s} {one:10.3f} {many:12.3f} {(many - one) / 32 * 1000:12.1f}", flush=True)
+    print(f"{'kernel':44s} {'1 node ms':>10s} {'33 nodes ms':>12s} {'per node µs':>12s}")
+    for name, build in CASES.items():
+        try:
+            one, many = timed(build(1), a.runs), timed(build(33), a.runs)
+        except Exception as e:  # noqa: BLE001 - report what onnxruntime said for this case
+            print(f"{name:44s} failed: {str(e).splitlines()[0][:150]}")
+            continue
+        print(f"{name:44s} {one:10.3f} {many:12.3f} {(many - one) / 32 * 1000:12.1f}", flush=True)
 
 
 if __name__ == "__main__":
