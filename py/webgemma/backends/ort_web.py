@@ -149,10 +149,14 @@ class OrtWebBackend:
 
     async def step_session(self, model: bytes, external_data: Mapping[str, CachedFile | bytes], manifest,
                            context: int) -> WebStepSession:
-        """The step graph under graph capture (WebGPU only), its caches fixed buffers for `context` tokens."""
+        """The step graph under graph capture (WebGPU only), its caches fixed buffers for `context` tokens (fewer
+        where the adapter cannot bind a cache that large)."""
         if self.name != "webgpu":
             raise ValueError("graph capture needs the WebGPU EP")
         io = manifest.decoder
+        # each cache is one buffer: a global layer's must fit the adapter's largest storage binding
+        limit = (self.adapter or {}).get("max_storage_buffer_binding_size", 128 * 2**20)
+        context = min([context] + [limit // (4 * c["num_key_value_heads"] * c["head_dim"]) for c in io["cache"]])
         caches = []
         for c in io["cache"]:
             dims = [1, c["num_key_value_heads"], c["window"] or context, c["head_dim"]]
