@@ -2,7 +2,7 @@
 capture: R = 1 and R = 33 copies of a node, every input and output a fixed GPU buffer, each run timed until the
 GPU is done (`onSubmittedWorkDone`). With capture, (t33 - t1) / 32 is one more node's GPU time in the browser.
 
-    python bench/browser_kernel_bench.py SITE [--gpu] [--runs 30] [--only NAME...]
+    python bench/browser_kernel_bench.py SITE [--gpu] [--runs 30] [--only NAME...] [--pending N]
 
 SITE is a folder written by `webgemma site` (its onnxruntime-web bundle is used). --gpu: Chromium from
 $CHROMIUM with $CHROMIUM_GPU_FLAGS through cdp.py (../shared/gpu-browser); otherwise Debian's Chromium with
@@ -30,10 +30,10 @@ JS = """
 const SIZES = {float32: 4, int32: 4, int64: 8};
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-async function timeCase(ort, c, copies, capture, runs) {
+async function timeCase(ort, c, copies, capture, runs, extra) {
   const session = await ort.InferenceSession.create(`kernels/${c.file[copies]}`, {
     executionProviders: [{name: 'webgpu'}], enableGraphCapture: capture, graphOptimizationLevel: 'disabled',
-    preferredOutputLocation: 'gpu-buffer'});
+    preferredOutputLocation: 'gpu-buffer', extra});
   const device = await ort.env.webgpu.device;
   const tensor = (type, dims, fill) => {
     const n = dims.reduce((a, b) => a * b, 1);
@@ -60,14 +60,15 @@ async function timeCase(ort, c, copies, capture, runs) {
   return median(times.slice(5));
 }
 
-window.runKernels = async (cases, runs) => {
+window.runKernels = async (cases, runs, extra) => {
   const ort = await import('./vendor/ort/ort.webgpu.min.mjs');
   ort.env.wasm.wasmPaths = new URL('./vendor/ort/', location.href).href;
   const out = [];
   for (const c of cases) {
     for (const capture of [false, true]) {
       try {
-        const one = await timeCase(ort, c, 1, capture, runs), many = await timeCase(ort, c, 33, capture, runs);
+        const one = await timeCase(ort, c, 1, capture, runs, extra);
+        const many = await timeCase(ort, c, 33, capture, runs, extra);
         out.push({name: c.name, capture, one_ms: one, many_ms: many, per_node_us: (many - one) / 32 * 1000});
       } catch (e) {
         out.push({name: c.name, capture, error: String(e).slice(0, 300)});
@@ -83,7 +84,10 @@ PAGE = """<!doctype html><meta charset="utf-8"><title>kernels</title>
 import './kernels.mjs';
 const q = new URLSearchParams(location.search);
 const cases = await (await fetch('kernels/cases.json')).json();
-window.result = await window.runKernels(cases, Number(q.get('runs') || 30));
+// pending=N: the WebGPU EP's maxNumPendingDispatches (dispatches per submit; the EP's context takes the first
+// session's value, so one setting per page)
+const extra = q.get('pending') ? {'ep.webgpuexecutionprovider.maxNumPendingDispatches': q.get('pending')} : {};
+window.result = await window.runKernels(cases, Number(q.get('runs') || 30), extra);
 </script>"""
 
 
@@ -157,11 +161,12 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--only", nargs="*", default=[])
     p.add_argument("--timeout", type=float, default=400)
+    p.add_argument("--pending", type=int, help="the WebGPU EP's maxNumPendingDispatches (onnxruntime's default: 16)")
     a = p.parse_args()
     write_cases(a.site, a.only)
     server = make_server(a.site, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/kernels.html?runs={a.runs}"
+    url = f"http://127.0.0.1:{server.server_address[1]}/kernels.html?runs={a.runs}" + (f"&pending={a.pending}" if a.pending else "")
     try:
         results = (run_gpu if a.gpu else run_local)(url, a.timeout)
     finally:
