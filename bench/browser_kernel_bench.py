@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,10 +31,10 @@ JS = """
 const SIZES = {float32: 4, int32: 4, int64: 8};
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-async function timeCase(ort, c, copies, capture, runs, extra) {
+async function timeCase(ort, c, copies, capture, runs, pending) {
   const session = await ort.InferenceSession.create(`kernels/${c.file[copies]}`, {
-    executionProviders: [{name: 'webgpu'}], enableGraphCapture: capture, graphOptimizationLevel: 'disabled',
-    preferredOutputLocation: 'gpu-buffer', extra});
+    executionProviders: [{name: 'webgpu', maxNumPendingDispatches: pending}], enableGraphCapture: capture,
+    graphOptimizationLevel: 'disabled', preferredOutputLocation: 'gpu-buffer'});
   const device = await ort.env.webgpu.device;
   const tensor = (type, dims, fill) => {
     const n = dims.reduce((a, b) => a * b, 1);
@@ -60,15 +61,16 @@ async function timeCase(ort, c, copies, capture, runs, extra) {
   return median(times.slice(5));
 }
 
-window.runKernels = async (cases, runs, extra) => {
-  const ort = await import('./vendor/ort/ort.webgpu.min.mjs');
+window.runKernels = async (cases, runs, pending) => {
+  const ort = await import(pending ? './vendor/ort/ort.webgpu.pending.mjs' : './vendor/ort/ort.webgpu.min.mjs');
+  if (pending) ort.env.logLevel = 'verbose';  // the EP logs the value it took
   ort.env.wasm.wasmPaths = new URL('./vendor/ort/', location.href).href;
   const out = [];
   for (const c of cases) {
     for (const capture of [false, true]) {
       try {
-        const one = await timeCase(ort, c, 1, capture, runs, extra);
-        const many = await timeCase(ort, c, 33, capture, runs, extra);
+        const one = await timeCase(ort, c, 1, capture, runs, pending);
+        const many = await timeCase(ort, c, 33, capture, runs, pending);
         out.push({name: c.name, capture, one_ms: one, many_ms: many, per_node_us: (many - one) / 32 * 1000});
       } catch (e) {
         out.push({name: c.name, capture, error: String(e).slice(0, 300)});
@@ -86,8 +88,7 @@ const q = new URLSearchParams(location.search);
 const cases = await (await fetch('kernels/cases.json')).json();
 // pending=N: the WebGPU EP's maxNumPendingDispatches (dispatches per submit; the EP's context takes the first
 // session's value, so one setting per page)
-const extra = q.get('pending') ? {'ep.webgpuexecutionprovider.maxNumPendingDispatches': q.get('pending')} : {};
-window.result = await window.runKernels(cases, Number(q.get('runs') || 30), extra);
+window.result = await window.runKernels(cases, Number(q.get('runs') || 30), q.get('pending'));
 </script>"""
 
 
@@ -114,6 +115,23 @@ def write_cases(site: Path, only: list[str]) -> None:
     (folder / "cases.json").write_text(json.dumps(cases))
     (site / "kernels.mjs").write_text(JS)
     (site / "kernels.html").write_text(PAGE)
+
+
+def add_pending_option(site: Path) -> None:
+    """ort.webgpu.pending.mjs: the site's bundle, also passing a `maxNumPendingDispatches` EP option through.
+
+    onnxruntime 1.30's WebGPU EP reads `ep.webgpuexecutionprovider.maxNumPendingDispatches` (PR 28894), but
+    onnxruntime-web passes only the EP options it names, and applies `extra` session config after the EP is
+    appended, where the EP no longer sees it (its verbose log still says 16). For this measurement only.
+    """
+    ort = site / "vendor" / "ort"
+    text = (ort / "ort.webgpu.min.mjs").read_text()
+    pattern = r'(\w)\.validationMode&&(\w+)\((\w),"validationMode",\1\.validationMode,(\w)\);'
+    patched, n = re.subn(pattern, lambda m: m[0] + f'{m[1]}.maxNumPendingDispatches&&{m[2]}({m[3]},"maxNumPendingDispatches",'
+                         f'String({m[1]}.maxNumPendingDispatches),{m[4]});', text)
+    if n != 1:
+        raise SystemExit("the onnxruntime-web bundle changed: cannot add the maxNumPendingDispatches option")
+    (ort / "ort.webgpu.pending.mjs").write_text(patched)
 
 
 def run_gpu(url: str, timeout: float) -> list:
@@ -143,7 +161,7 @@ def run_local(url: str, timeout: float) -> list:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page()
-        page.on("console", lambda m: print("console:", m.text, file=sys.stderr))
+        page.on("console", lambda m: print("console:", m.text, file=sys.stderr) if "pending" in m.text.lower() else None)
         page.on("pageerror", lambda e: print("page error:", e, file=sys.stderr))
         page.goto(url)
         page.wait_for_function("window.result", timeout=timeout * 1000)
@@ -164,6 +182,8 @@ def main() -> None:
     p.add_argument("--pending", type=int, help="the WebGPU EP's maxNumPendingDispatches (onnxruntime's default: 16)")
     a = p.parse_args()
     write_cases(a.site, a.only)
+    if a.pending:
+        add_pending_option(a.site)
     server = make_server(a.site, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/kernels.html?runs={a.runs}" + (f"&pending={a.pending}" if a.pending else "")
