@@ -45,6 +45,23 @@ class StepSession(Protocol):
         """One step: (top logits, their token ids)."""
 
 
+def length_feeds(io: dict, lengths: dict[str, int]) -> dict[str, np.ndarray]:
+    """GQA's seqlens_k and total_sequence_length inputs for the key-sequence length each attention view sees."""
+    feeds = {}
+    for view, names in io["kv_length"].items():
+        feeds[names["seqlens_k"]] = np.asarray([lengths[view] - 1], np.int32)
+        feeds[names["total"]] = np.asarray(lengths[view], np.int32)
+    return feeds
+
+
+def step_caches(io: dict, context: int) -> list[dict]:
+    """The step session's fixed caches: {input, output, dims} per past key/value, `context` slots for a global
+    layer, `window` for a sliding layer's ring ([1, kv heads, slots, head_dim] float32)."""
+    return [{"input": c[f"past_{part}"], "output": c[f"present_{part}"],
+             "dims": [1, c["num_key_value_heads"], c["window"] or context, c["head_dim"]]}
+            for c in io["cache"] for part in ("key", "value")]
+
+
 class SlotRing:
     """Which slot of a sliding layer's ring holds which position."""
 
@@ -106,10 +123,7 @@ class StaticDecoder:
         if move:
             await self.session.copy([Copy(name, move[1], None, 0, move[0], 1)
                                      for c in self.sliding for name in (c["past_key"], c["past_value"])])
-        lengths = {FULL: p + 1, SLIDING: attended + 1, SHARED_SLIDING: attended + 1}
-        for view, names in self.io["kv_length"].items():
-            feeds[names["seqlens_k"]] = np.asarray([lengths[view] - 1], np.int32)
-            feeds[names["total"]] = np.asarray(lengths[view], np.int32)
+        feeds |= length_feeds(self.io, {FULL: p + 1, SLIDING: attended + 1, SHARED_SLIDING: attended + 1})
         out = await self.session.run(feeds)
         self.length = p + 1
         return out

@@ -58,6 +58,7 @@ export async function tensorBytes(tensor) {
 // as both past input and present output (GroupQueryAttention writes them in place); the other inputs are
 // rewritten with writeBuffer before each run; the top-k candidates come back through one staging buffer.
 const SIZES = { float32: 4, int64: 8, int32: 4, uint8: 1 };
+const byteSize = (type, dims) => dims.reduce((a, b) => a * b, 1) * SIZES[type];
 
 export async function createStepSession(ort, model, options, spec) {
   const session = await ort.InferenceSession.create(model, { ...options, enableGraphCapture: true });
@@ -80,7 +81,7 @@ class StepSession {
       this.buffers.set(output, this.buffers.get(input));
     }
     for (const { name, type, dims } of spec.outputs) this.fetches[name] = this.tensor(name, type, dims);
-    this.read = spec.outputs.map(({ name, type, dims }) => [name, dims.reduce((a, b) => a * b, 1) * SIZES[type]]);
+    this.read = spec.outputs.map(({ name, type, dims }) => [name, byteSize(type, dims)]);
     this.staging = device.createBuffer({
       size: this.read.reduce((sum, [, bytes]) => sum + bytes, 0),
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -88,9 +89,8 @@ class StepSession {
   }
 
   tensor(name, type, dims) {
-    const bytes = dims.reduce((a, b) => a * b, 1) * SIZES[type];
     const buffer = this.device.createBuffer({
-      size: Math.max(16, Math.ceil(bytes / 16) * 16),
+      size: Math.max(16, Math.ceil(byteSize(type, dims) / 16) * 16),
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
     });
     this.buffers.set(name, buffer);

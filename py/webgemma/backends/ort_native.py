@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..static_cache import step_caches
+
 
 class NativeBackend:
     causal_prefill_limit = None
@@ -84,16 +86,19 @@ class NativeStepSession:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
                                             disabled_optimizers=["ConstantFolding"])
         self.io = manifest.decoder
-        self.caches: dict[str, np.ndarray] = {}
-        self.slots: dict[str, int] = {}
-        self.present: dict[str, str] = {}
-        for c in self.io["cache"]:
-            slots = c["window"] or context
-            for part in ("key", "value"):
-                name = c[f"past_{part}"]
-                self.caches[name] = np.zeros((1, c["num_key_value_heads"], slots, c["head_dim"]), np.float32)
-                self.slots[name], self.present[name] = slots, c[f"present_{part}"]
-        self._values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in self.caches.items()}
+        caches = step_caches(self.io, context)
+        self.caches = {c["input"]: np.zeros(c["dims"], np.float32) for c in caches}
+        self.slots = {c["input"]: c["dims"][2] for c in caches}
+        # the caches and outputs are bound once; each step rebinds only its other inputs
+        self.binding = self.session.io_binding()
+        for c in caches:
+            value = ort.OrtValue.ortvalue_from_numpy(self.caches[c["input"]])
+            self.binding.bind_ortvalue_input(c["input"], value)
+            self.binding.bind_ortvalue_output(c["output"], value)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        for name in self.output_names:
+            if name not in {c["output"] for c in caches}:
+                self.binding.bind_output(name, "cpu")
 
     async def copy(self, copies) -> None:
         for c in copies:
@@ -102,18 +107,13 @@ class NativeStepSession:
             dst[:, :, c.dst_row:c.dst_row + c.rows] = src[:, :, c.src_row:c.src_row + c.rows]
 
     async def run(self, feeds: dict) -> tuple[np.ndarray, np.ndarray]:
-        binding = self.session.io_binding()
         for name, value in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name, value in self._values.items():
-            binding.bind_ortvalue_input(name, value)
-            binding.bind_ortvalue_output(self.present[name], value)
+            self.binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        self.session.run_with_iobinding(self.binding)
+        outputs = dict(zip(self.output_names, self.binding.get_outputs()))
         top = self.io["top_k"]
-        binding.bind_output(top["values"], "cpu")
-        binding.bind_output(top["ids"], "cpu")
-        self.session.run_with_iobinding(binding)
-        outputs = dict(zip([o.name for o in self.session.get_outputs()], binding.get_outputs()))
-        return outputs[top["values"]].numpy(), outputs[top["ids"]].numpy()
+        # copies: the bound outputs' memory is written again by the next run
+        return outputs[top["values"]].numpy().copy(), outputs[top["ids"]].numpy().copy()
 
 
 def _webgpu_device(ort):

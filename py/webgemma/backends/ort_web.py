@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import browser
 from ..browser import CachedFile, JsTensor
+from ..static_cache import step_caches
 
 ORT_URL = "vendor/ort/"  # relative to the page; the site builder puts onnxruntime-web there
 BUNDLES = {"webgpu": "ort.webgpu.min.mjs", "wasm": "ort.wasm.min.mjs"}
@@ -157,11 +158,7 @@ class OrtWebBackend:
         # each cache is one buffer: a global layer's must fit the adapter's largest storage binding
         limit = (self.adapter or {}).get("max_storage_buffer_binding_size", 128 * 2**20)
         context = min([context] + [limit // (4 * c["num_key_value_heads"] * c["head_dim"]) for c in io["cache"]])
-        caches = []
-        for c in io["cache"]:
-            dims = [1, c["num_key_value_heads"], c["window"] or context, c["head_dim"]]
-            caches += [{"input": c[f"past_{p}"], "output": c[f"present_{p}"], "type": "float32", "dims": dims}
-                       for p in ("key", "value")]
+        caches = [c | {"type": "float32"} for c in step_caches(io, context)]
         k = io["top_k"]["k"]
         outputs = [{"name": io["top_k"]["values"], "type": "float32", "dims": [1, k]},
                    {"name": io["top_k"]["ids"], "type": "int64", "dims": [1, k]}]
