@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +32,7 @@ const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2
 
 async function timeCase(ort, c, copies, capture, runs, pending) {
   const session = await ort.InferenceSession.create(`kernels/${c.file[copies]}`, {
-    executionProviders: [{name: 'webgpu', maxNumPendingDispatches: pending}], enableGraphCapture: capture,
+    executionProviders: [pending ? {name: 'webgpu', maxNumPendingDispatches: pending} : {name: 'webgpu'}], enableGraphCapture: capture,
     graphOptimizationLevel: 'disabled', preferredOutputLocation: 'gpu-buffer'});
   const device = await ort.env.webgpu.device;
   const tensor = (type, dims, fill) => {
@@ -62,7 +61,7 @@ async function timeCase(ort, c, copies, capture, runs, pending) {
 }
 
 window.runKernels = async (cases, runs, pending) => {
-  const ort = await import(pending ? './vendor/ort/ort.webgpu.pending.mjs' : './vendor/ort/ort.webgpu.min.mjs');
+  const ort = await import('./vendor/ort/ort.webgpu.min.mjs');
   if (pending) ort.env.logLevel = 'verbose';  // the EP logs the value it took
   ort.env.wasm.wasmPaths = new URL('./vendor/ort/', location.href).href;
   const out = [];
@@ -117,23 +116,6 @@ def write_cases(site: Path, only: list[str]) -> None:
     (site / "kernels.html").write_text(PAGE)
 
 
-def add_pending_option(site: Path) -> None:
-    """ort.webgpu.pending.mjs: the site's bundle, also passing a `maxNumPendingDispatches` EP option through.
-
-    onnxruntime 1.30's WebGPU EP reads `ep.webgpuexecutionprovider.maxNumPendingDispatches` (PR 28894), but
-    onnxruntime-web passes only the EP options it names, and applies `extra` session config after the EP is
-    appended, where the EP no longer sees it (its verbose log still says 16). For this measurement only.
-    """
-    ort = site / "vendor" / "ort"
-    text = (ort / "ort.webgpu.min.mjs").read_text()
-    pattern = r'(\w)\.validationMode&&(\w+)\((\w),"validationMode",\1\.validationMode,(\w)\);'
-    patched, n = re.subn(pattern, lambda m: m[0] + f'{m[1]}.maxNumPendingDispatches&&{m[2]}({m[3]},"maxNumPendingDispatches",'
-                         f'String({m[1]}.maxNumPendingDispatches),{m[4]});', text)
-    if n != 1:
-        raise SystemExit("the onnxruntime-web bundle changed: cannot add the maxNumPendingDispatches option")
-    (ort / "ort.webgpu.pending.mjs").write_text(patched)
-
-
 def run_gpu(url: str, timeout: float) -> list:
     port = 9334
     profile = Path("/tmp/chromium-profile-kernels")
@@ -182,8 +164,6 @@ def main() -> None:
     p.add_argument("--pending", type=int, help="the WebGPU EP's maxNumPendingDispatches (onnxruntime's default: 16)")
     a = p.parse_args()
     write_cases(a.site, a.only)
-    if a.pending:
-        add_pending_option(a.site)
     server = make_server(a.site, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/kernels.html?runs={a.runs}" + (f"&pending={a.pending}" if a.pending else "")

@@ -149,13 +149,15 @@ def chromium_pages(a):
 
 def pages(a) -> None:
     """One page load per QUERY (after a cold load that fills the storage): for A/B comparisons in one browser."""
-    with chromium_pages(a) as (page, _):
+    with chromium_pages(a) as (page, sampler):
         page("cold", prompt_tokens=8, max_new_tokens=2)
         out = {}
         for query in a.queries:
+            sampler.gpu_mib = 0
             r = page(query, **dict(kv.split("=") for kv in query.split("&")))
             out[query] = {k: r.get(k) for k in ("tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "load_ms", "ms_per_step",
-                                                "step_times", "graph_capture")} | {"first_tokens": r["output_ids"][:16]}
+                                                "step_times", "graph_capture")} | {"first_tokens": r["output_ids"][:16],
+                                                                                   "peak_gpu_mib": sampler.gpu_mib}
     record(a, f"{a.kind}/pages", out)
 
 
