@@ -2,7 +2,7 @@
 capture: R = 1 and R = 33 copies of a node, every input and output a fixed GPU buffer, each run timed until the
 GPU is done (`onSubmittedWorkDone`). With capture, (t33 - t1) / 32 is one more node's GPU time in the browser.
 
-    python bench/browser_kernel_bench.py SITE [--gpu] [--runs 30] [--only NAME...] [--pending N]
+    python bench/browser_kernel_bench.py SITE [--gpu] [--runs 30] [--only NAME...]
 
 SITE is a folder written by `webgemma site` (its onnxruntime-web bundle is used). --gpu: Chromium from
 $CHROMIUM with $CHROMIUM_GPU_FLAGS through cdp.py (../shared/gpu-browser); otherwise Debian's Chromium with
@@ -30,9 +30,9 @@ JS = """
 const SIZES = {float32: 4, int32: 4, int64: 8};
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-async function timeCase(ort, c, copies, capture, runs, pending) {
+async function timeCase(ort, c, copies, capture, runs) {
   const session = await ort.InferenceSession.create(`kernels/${c.file[copies]}`, {
-    executionProviders: [pending ? {name: 'webgpu', maxNumPendingDispatches: pending} : {name: 'webgpu'}], enableGraphCapture: capture,
+    executionProviders: [{name: 'webgpu'}], enableGraphCapture: capture,
     graphOptimizationLevel: 'disabled', preferredOutputLocation: 'gpu-buffer'});
   const device = await ort.env.webgpu.device;
   const tensor = (type, dims, fill) => {
@@ -60,16 +60,15 @@ async function timeCase(ort, c, copies, capture, runs, pending) {
   return median(times.slice(5));
 }
 
-window.runKernels = async (cases, runs, pending) => {
+window.runKernels = async (cases, runs) => {
   const ort = await import('./vendor/ort/ort.webgpu.min.mjs');
-  if (pending) ort.env.logLevel = 'verbose';  // the EP logs the value it took
   ort.env.wasm.wasmPaths = new URL('./vendor/ort/', location.href).href;
   const out = [];
   for (const c of cases) {
     for (const capture of [false, true]) {
       try {
-        const one = await timeCase(ort, c, 1, capture, runs, pending);
-        const many = await timeCase(ort, c, 33, capture, runs, pending);
+        const one = await timeCase(ort, c, 1, capture, runs);
+        const many = await timeCase(ort, c, 33, capture, runs);
         out.push({name: c.name, capture, one_ms: one, many_ms: many, per_node_us: (many - one) / 32 * 1000});
       } catch (e) {
         out.push({name: c.name, capture, error: String(e).slice(0, 300)});
@@ -85,9 +84,7 @@ PAGE = """<!doctype html><meta charset="utf-8"><title>kernels</title>
 import './kernels.mjs';
 const q = new URLSearchParams(location.search);
 const cases = await (await fetch('kernels/cases.json')).json();
-// pending=N: the WebGPU EP's maxNumPendingDispatches (dispatches per submit; the EP's context takes the first
-// session's value, so one setting per page)
-window.result = await window.runKernels(cases, Number(q.get('runs') || 30), q.get('pending'));
+window.result = await window.runKernels(cases, Number(q.get('runs') || 30));
 </script>"""
 
 
@@ -143,7 +140,6 @@ def run_local(url: str, timeout: float) -> list:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page()
-        page.on("console", lambda m: print("console:", m.text, file=sys.stderr) if "pending" in m.text.lower() else None)
         page.on("pageerror", lambda e: print("page error:", e, file=sys.stderr))
         page.goto(url)
         page.wait_for_function("window.result", timeout=timeout * 1000)
@@ -161,12 +157,11 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--only", nargs="*", default=[])
     p.add_argument("--timeout", type=float, default=400)
-    p.add_argument("--pending", type=int, help="the WebGPU EP's maxNumPendingDispatches (onnxruntime's default: 16)")
     a = p.parse_args()
     write_cases(a.site, a.only)
     server = make_server(a.site, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/kernels.html?runs={a.runs}" + (f"&pending={a.pending}" if a.pending else "")
+    url = f"http://127.0.0.1:{server.server_address[1]}/kernels.html?runs={a.runs}"
     try:
         results = (run_gpu if a.gpu else run_local)(url, a.timeout)
     finally:

@@ -5,7 +5,7 @@ For each kernel, a graph with R independent copies of the node on the same input
 (until the outputs are ready) for R = 1 and R = 33 gives the cost of one more node: (t33 - t1) / 32. Natively
 that is the kernel's GPU time plus onnxruntime's CPU cost per node (graph capture refuses values bound from Python).
 
-    python bench/kernel_bench.py [--runs 50]
+    python bench/kernel_bench.py [--runs 50] [--only NAME...] [--ep-option KEY=VALUE...]
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ H, FF, VOCAB, HEADS = 1536, 6144, 262144, 8
 F32, I32, I64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
 
 
-def matmul_nbits(k: int, n: int, copies: int):
+def matmul_nbits(k: int, n: int, copies: int, block: int = 32, accuracy_level: int = 0):
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.integers(0, 255, (n, k // 32, 16), dtype=np.uint8), "w"),
-             numpy_helper.from_array(rng.random((n * k // 32,), dtype=np.float32) * 0.01, "s")]
+    inits = [numpy_helper.from_array(rng.integers(0, 255, (n, k // block, block // 2), dtype=np.uint8), "w"),
+             numpy_helper.from_array(rng.random((n * k // block,), dtype=np.float32) * 0.01, "s")]
     nodes = [helper.make_node("MatMulNBits", ["x", "w", "s"], [f"y{i}"], domain="com.microsoft", K=k, N=n, bits=4,
-                              block_size=32) for i in range(copies)]
+                              block_size=block, accuracy_level=accuracy_level) for i in range(copies)]
     return nodes, inits, {"x": (F32, [1, 1, k])}, {f"y{i}": (F32, [1, 1, n]) for i in range(copies)}
 
 
@@ -107,6 +107,11 @@ CASES = {
     "Add 1536": add,
     "MatMulNBits int4 1536→6144": lambda r: matmul_nbits(H, FF, r),
     "MatMulNBits int4 6144→1536": lambda r: matmul_nbits(FF, H, r),
+    # what the exporter could choose instead: int8 activations (accuracy_level 4: the DP4A kernel), larger blocks
+    "MatMulNBits int4 1536→6144, accuracy_level 4": lambda r: matmul_nbits(H, FF, r, accuracy_level=4),
+    "MatMulNBits int4 6144→1536, accuracy_level 4": lambda r: matmul_nbits(FF, H, r, accuracy_level=4),
+    "MatMulNBits int4 1536→6144, block 128": lambda r: matmul_nbits(H, FF, r, block=128),
+    "MatMulNBits int4 1536→6144, block 128, accuracy_level 4": lambda r: matmul_nbits(H, FF, r, block=128, accuracy_level=4),
     "MatMulNBits int4 1536→2048 (q)": lambda r: matmul_nbits(H, 2048, r),
     # the tied lm_head is exported as two MatMulNBits of 131072 rows (a binding holds at most 128 MiB)
     "MatMulNBits int4 1536→131072 (lm_head half)": lambda r: matmul_nbits(H, VOCAB // 2, r),
@@ -119,7 +124,7 @@ CASES = {
 }
 
 
-def timed(build, runs: int) -> float:
+def timed(build, runs: int, ep_options: dict[str, str]) -> float:
     import onnxruntime as ort
 
     from webgemma.backends.ort_native import _webgpu_device
@@ -127,7 +132,7 @@ def timed(build, runs: int) -> float:
     nodes, inits, ins, outs = build
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.add_provider_for_devices([_webgpu_device(ort)], {})
+    options.add_provider_for_devices([_webgpu_device(ort)], ep_options)
     session = ort.InferenceSession(model_bytes(build), options)
     binding = session.io_binding()
     types = {F32: np.float32, I32: np.int32, I64: np.int64}
@@ -160,11 +165,17 @@ def timed(build, runs: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--only", nargs="*", default=[])
+    p.add_argument("--ep-option", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="WebGPU EP options, e.g. enableRobustness=1 (the EP's context keeps the first session's)")
     a = p.parse_args()
+    ep_options = dict(kv.split("=", 1) for kv in a.ep_option)
     print(f"{'kernel':44s} {'1 node ms':>10s} {'33 nodes ms':>12s} {'per node µs':>12s}")
     for name, build in CASES.items():
+        if a.only and name not in a.only:
+            continue
         try:
-            one, many = timed(build(1), a.runs), timed(build(33), a.runs)
+            one, many = timed(build(1), a.runs, ep_options), timed(build(33), a.runs, ep_options)
         except Exception as e:  # noqa: BLE001 - report what onnxruntime said for this case
             print(f"{name:44s} failed: {str(e).splitlines()[0][:150]}")
             continue

@@ -11,38 +11,16 @@ profiler's kernel events; on the WebGPU EP they carry GPU timestamps where the a
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
 import collections
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def with_accuracy_level(model_dir: Path, level: int) -> Path:
-    """A copy of the model folder (weights linked) whose MatMulNBits nodes carry accuracy_level=`level`."""
-    import onnx
-
-    out = Path(tempfile.mkdtemp()) / f"{model_dir.name}-acc{level}"
-    out.mkdir()
-    for f in model_dir.iterdir():
-        os.link(f.resolve(), out / f.name)  # hard links: onnxruntime refuses external data outside the folder
-    for name in ("decoder.onnx", "decoder_step.onnx"):
-        if not (model_dir / name).is_file():
-            continue
-        model = onnx.load(str(model_dir / name), load_external_data=False)
-        for node in model.graph.node:
-            if node.op_type == "MatMulNBits":
-                kept = [a for a in node.attribute if a.name != "accuracy_level"]
-                del node.attribute[:]
-                node.attribute.extend(kept + [onnx.helper.make_attribute("accuracy_level", level)])
-        (out / name).unlink()
-        (out / name).write_bytes(model.SerializeToString())
-    return out
+from bench.model_variants import with_accuracy_level  # noqa: E402
 
 
 def decode(model_dir: Path, prompt: int, tokens: int, profile: bool) -> tuple[float, Path | None]:

@@ -329,7 +329,7 @@ def vendor_ort(site: Path, nm: Path) -> None:
             if name.endswith(".mjs"):
                 data = re.sub(rb"\n//# sourceMappingURL=[^\n]*\s*$", b"\n", data)
             if name == ORT_BUNDLES["webgpu"][0]:
-                data = pass_pending_dispatches(keep_captured_buffers(data))
+                data = keep_captured_buffers(data)
             (out / name).write_bytes(data)
 
 
@@ -348,21 +348,3 @@ def keep_captured_buffers(bundle: bytes) -> bytes:
                           f"{ORT_BUNDLES['webgpu'][0]}; check whether the bug is fixed upstream and update vendor.py")
     return re.sub(pattern, lambda m: m[1] + b"&&" + m[1] + b'[3]==="gpu-buffer"&&!' + flag[2] + b"&&" + m[2]
                   + b".webgpuUnregisterBuffer", bundle)
-
-
-def pass_pending_dispatches(bundle: bytes) -> bytes:
-    """Lets a session set the WebGPU EP's dispatches per submit: `{name: "webgpu", maxNumPendingDispatches: N}`.
-
-    onnxruntime 1.30's WebGPU EP reads `maxNumPendingDispatches` (default 16; a graph-captured replay submits
-    every that many dispatches too), but onnxruntime-web passes only the EP options it names, and applies `extra`
-    session config after the EP is appended, where the EP no longer sees it. The patch passes it beside
-    `validationMode`, the same way.
-    """
-    pattern = rb'(\w)\.validationMode&&(\w+)\((\w),"validationMode",\1\.validationMode,(\w)\);'
-    patched, n = re.subn(pattern, lambda m: m[0] + m[1] + b'.maxNumPendingDispatches&&' + m[2] + b"(" + m[3]
-                         + b',"maxNumPendingDispatches",String(' + m[1] + b".maxNumPendingDispatches)," + m[4] + b");",
-                         bundle)
-    if n != 1:
-        raise VendorError(f"onnxruntime-web {ORT_WEB_VERSION}: the WebGPU EP options are no longer passed as "
-                          f"{ORT_BUNDLES['webgpu'][0]} did; update vendor.pass_pending_dispatches")
-    return patched

@@ -19,8 +19,7 @@ STEP_CONTEXT = 8192  # default context of the step session's fixed caches (E2B: 
 
 async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Callable[[Progress], None] | None = None,
                          reverify: bool = False, verbose_log: bool = False, prefill_chunk: int = 256,
-                         max_context: int | None = None, capture: bool = False,
-                         dispatches_per_submit: int | None = None) -> tuple[Model, OrtWebBackend, EnsureReport]:
+                         max_context: int | None = None, capture: bool = False) -> tuple[Model, OrtWebBackend, EnsureReport]:
     """The model at `model_url` (a folder written by `webgemma export`), ready to generate, and what the store
     did to get its files (downloaded, refetched after a failed check).
 
@@ -29,7 +28,6 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     capture: on WebGPU, decode through the graph-captured step session (webgemma.static_cache); its fixed caches
     hold `max_context` tokens (default STEP_CONTEXT). Off by default: it loads the weights a second time (load
     time, GPU memory) for a 1.3× faster decode, measured in BENCHMARKS.md.
-    dispatches_per_submit: the WebGPU EP's dispatches per submit (OrtWebBackend.create).
     """
     store = WebModelStore(model_url)
     manifest = parse_manifest(await store.read("manifest.json"))
@@ -39,7 +37,7 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     backend = await OrtWebBackend.create(
         graph, external, host_outputs=[manifest.decoder["logits"]], ep=ep,
         # constant folding would materialise the Reshape of the shared embedding: a second copy of 200+ MiB
-        graph_optimization="disabled", verbose_log=verbose_log, dispatches_per_submit=dispatches_per_submit,
+        graph_optimization="disabled", verbose_log=verbose_log,
     )
     model = await load_model(store, lambda _: backend, prefill_chunk=prefill_chunk, max_context=max_context)
     if capture and backend.name == "webgpu" and "step_graph" in manifest.decoder:

@@ -168,10 +168,3 @@ def test_the_graph_capture_workaround_is_applied_or_the_build_says_why(built):
     assert len(re.findall(rb'"gpu-buffer"&&!\w+&&\w+\.webgpuUnregisterBuffer', bundle)) == 2
     with pytest.raises(vendor.VendorError, match="graph-capture workaround no longer applies"):
         vendor.keep_captured_buffers(bundle.replace(b"webgpuUnregisterBuffer", b"webgpuForgetBuffer"))
-
-
-def test_the_dispatches_per_submit_option_is_passed_to_the_webgpu_ep(built):
-    bundle = (built / vendor.ORT_DIR / vendor.ORT_BUNDLES["webgpu"][0]).read_bytes()
-    assert len(re.findall(rb'"maxNumPendingDispatches",String\(\w\.maxNumPendingDispatches\)', bundle)) == 1
-    with pytest.raises(vendor.VendorError, match="EP options are no longer passed"):
-        vendor.pass_pending_dispatches(bundle.replace(b'"validationMode"', b'"validation_mode"'))

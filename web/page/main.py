@@ -7,8 +7,7 @@ URL parameters, for tests and benchmarks: model=URL prompt=TEXT max_new_tokens=N
 seed=S raw=1 system=TEXT thinking=1 autorun=1 backend=webgpu|wasm max_context=N verify=1 (hash cached files again)
 verbose=1 (record onnxruntime's node placement) prefill_chunk=N; for benchmarks prompt_tokens=N (a synthetic raw
 prompt of N token ids), ignore_stop=1 (generate max_new_tokens whatever is sampled) and prefill_limit=N|0 (override
-the backend's causal_prefill_limit; 0 lifts it), capture=1 (decode through the graph-captured step session),
-dispatches=N (the WebGPU EP's dispatches per submit). With
+the backend's causal_prefill_limit; 0 lifts it), capture=1 (decode through the graph-captured step session). With
 autorun the page generates once and sets
 window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, ...}
 (or {error} when it cannot).
@@ -183,8 +182,7 @@ async def start(site: dict, env: dict, params: dict) -> None:
         params.get("model") or site["model_url"], ep=params.get("backend", "auto"), on_progress=on_progress,
         reverify=params.get("verify") == "1", verbose_log=params.get("verbose") == "1",
         max_context=int(params["max_context"]) if "max_context" in params else None,
-        prefill_chunk=int(params.get("prefill_chunk", 512)), capture=params.get("capture") == "1",
-        dispatches_per_submit=int(params["dispatches"]) if "dispatches" in params else None)
+        prefill_chunk=int(params.get("prefill_chunk", 512)), capture=params.get("capture") == "1")
     load_ms = (time.perf_counter() - t0) * 1000
     if "prefill_limit" in params:
         backend.causal_prefill_limit = int(params["prefill_limit"]) or None

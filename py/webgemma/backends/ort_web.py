@@ -95,11 +95,10 @@ class OrtWebBackend:
     """`Backend` over an onnxruntime-web InferenceSession (see webgemma.backends.Backend)."""
 
     def __init__(self, session: browser.JsSession, name: str, notice: str | None, host_outputs: Sequence[str],
-                 adapter: dict | None = None, ort: Any = None, webgpu: dict | None = None) -> None:
+                 adapter: dict | None = None, ort: Any = None) -> None:
         self._session = session
         self._ort = ort  # the onnxruntime-web module, for further sessions (the step session)
         self._steps: list[browser.JsStepSession] = []
-        self._webgpu = webgpu or {"name": "webgpu"}  # the EP and its options, for the step session too
         self.name = name  # "webgpu" or "wasm"
         self.notice = notice  # why wasm was chosen, when it was chosen for want of WebGPU
         self.adapter = adapter  # the WebGPU adapter's vendor, architecture, limits (None on wasm)
@@ -121,7 +120,6 @@ class OrtWebBackend:
         verbose_log: bool = False,
         ort_url: str = ORT_URL,
         num_threads: int | None = None,
-        dispatches_per_submit: int | None = None,
     ) -> OrtWebBackend:
         """A session over `model` (the .onnx bytes) whose external-data files are `external_data`, keyed by the
         tensors' `location` exactly (e.g. "weights/decoder-00.bin").
@@ -130,8 +128,6 @@ class OrtWebBackend:
         graph_optimization: "disabled" | "basic" | "extended" | "layout" | "all" (the exporter writes fused graphs).
         disabled_optimizers: ORT optimizers switched off by name, e.g. ["ConstantFolding"] keeps a shared weight single.
         verbose_log: record ORT's verbose log during creation (`creation_log`, `placement`).
-        dispatches_per_submit: the WebGPU EP's maxNumPendingDispatches (onnxruntime's default 16 when None); the
-        EP's context keeps the first session's value for the page.
         """
         name, notice, adapter = await pick_ep(ep)
         if notice:
@@ -141,10 +137,7 @@ class OrtWebBackend:
         missing = sorted(set(host_outputs) - set(outputs))
         if missing:
             raise ValueError(f"host outputs {missing} are not outputs of the graph ({outputs})")
-        # the EP gets its options (enableGraphCapture included) only when it is named by an object
-        webgpu = {"name": "webgpu"} | ({"maxNumPendingDispatches": dispatches_per_submit} if dispatches_per_submit else {})
-        options: dict[str, Any] = {"executionProviders": [webgpu if name == "webgpu" else name],
-                                   "graphOptimizationLevel": graph_optimization}
+        options: dict[str, Any] = {"executionProviders": [name], "graphOptimizationLevel": graph_optimization}
         if name == "webgpu":
             options["preferredOutputLocation"] = {o: "cpu" if o in host_outputs else "gpu-buffer" for o in outputs}
         if disabled_optimizers:
@@ -153,7 +146,7 @@ class OrtWebBackend:
             options["logSeverityLevel"] = 0
             options["logVerbosityLevel"] = 0
         session = await browser.ort_session(ort, model, dict(external_data or {}), options, verbose=verbose_log)
-        return cls(session, name, notice, host_outputs, adapter, ort, webgpu)
+        return cls(session, name, notice, host_outputs, adapter, ort)
 
     async def step_session(self, model: bytes, external_data: Mapping[str, CachedFile | bytes], manifest,
                            context: int) -> WebStepSession:
@@ -169,7 +162,8 @@ class OrtWebBackend:
         k = io["top_k"]["k"]
         outputs = [{"name": io["top_k"]["values"], "type": "float32", "dims": [1, k]},
                    {"name": io["top_k"]["ids"], "type": "int64", "dims": [1, k]}]
-        session_options = {"executionProviders": [self._webgpu], "graphOptimizationLevel": "disabled",
+        # the EP only gets its enableGraphCapture option when it is named by an object, not by a string
+        session_options = {"executionProviders": [{"name": "webgpu"}], "graphOptimizationLevel": "disabled",
                            "preferredOutputLocation": "gpu-buffer"}
         step = await browser.ort_step_session(self._ort, model, dict(external_data), session_options,
                                               {"caches": caches, "outputs": outputs})
