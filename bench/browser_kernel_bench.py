@@ -1,8 +1,12 @@
 """The kernels of bench/kernel_bench.py in Chromium through onnxruntime-web's WebGPU EP, with and without graph
-capture: R = 1 and R = 33 copies of a node, every input and output a fixed GPU buffer, each run timed until the
-GPU is done (`onSubmittedWorkDone`). With capture, (t33 - t1) / 32 is one more node's GPU time in the browser.
+capture: R = 1 and R = 33 copies of a node, every input and output a fixed GPU buffer. Each measurement is BATCH
+runs back to back, then one wait until the GPU is done (`onSubmittedWorkDone`), divided by BATCH: Chromium notices
+finished work only every few milliseconds, so a single short run times that latency, not the GPU. (t33 - t1) / 32
+is one more node's cost in the browser. --step MODEL adds the exported decode step itself (decoder_step.onnx,
+caches of CONTEXT slots written in place, one token after LENGTH cached ones): ms per step.
 
-    python bench/browser_kernel_bench.py SITE [--gpu] [--runs 30] [--only NAME...]
+    python bench/browser_kernel_bench.py SITE [--gpu] [--runs 10] [--batch 20] [--only NAME...]
+                                              [--step MODEL_DIR [--context 4096] [--length 1024]]
 
 SITE is a folder written by `webgemma site` (its onnxruntime-web bundle is used). --gpu: Chromium from
 $CHROMIUM with $CHROMIUM_GPU_FLAGS through cdp.py (../shared/gpu-browser); otherwise Debian's Chromium with
@@ -22,26 +26,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from onnx import TensorProto  # noqa: E402
+
 from bench.kernel_bench import CASES, F32, I32, I64, model_bytes, sequence_values  # noqa: E402
 
-TYPES = {F32: "float32", I32: "int32", I64: "int64"}
+TYPES = {F32: "float32", I32: "int32", I64: "int64", TensorProto.UINT8: "uint8"}
 
 JS = """
-const SIZES = {float32: 4, int32: 4, int64: 8};
+const SIZES = {float32: 4, int32: 4, int64: 8, uint8: 1};
+const ARRAYS = {float32: Float32Array, int32: Int32Array, int64: BigInt64Array, uint8: Uint8Array};
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-async function timeCase(ort, c, copies, capture, runs) {
+async function timeCase(ort, c, copies, capture, runs, batch) {
   const session = await ort.InferenceSession.create(`kernels/${c.file[copies]}`, {
     executionProviders: [{name: 'webgpu'}], enableGraphCapture: capture,
-    graphOptimizationLevel: 'disabled', preferredOutputLocation: 'gpu-buffer'});
+    graphOptimizationLevel: 'disabled', preferredOutputLocation: 'gpu-buffer',
+    externalData: (c.external || []).map((path) => ({path, data: `kernels/model/${path}`}))});
   const device = await ort.env.webgpu.device;
   const tensor = (type, dims, fill) => {
     const n = dims.reduce((a, b) => a * b, 1);
     const buffer = device.createBuffer({size: Math.max(16, Math.ceil(n * SIZES[type] / 16) * 16),
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST});
     if (fill !== undefined) {
-      const data = type === 'float32' ? new Float32Array(n).fill(fill) : type === 'int32' ? new Int32Array(n).fill(fill)
-                                      : new BigInt64Array(n).fill(BigInt(fill));
+      const data = new ARRAYS[type](Math.ceil(n * SIZES[type] / 4) * 4 / SIZES[type]).fill(type === 'int64' ? BigInt(fill) : fill);
       device.queue.writeBuffer(buffer, 0, data);
     }
     return ort.Tensor.fromGpuBuffer(buffer, {dataType: type, dims});
@@ -49,26 +56,29 @@ async function timeCase(ort, c, copies, capture, runs) {
   const feeds = {}, fetches = {};
   for (const [name, type, dims, fill] of c.inputs) feeds[name] = tensor(type, dims, fill);
   for (const [name, type, dims, alias] of c.outputs[copies]) fetches[name] = alias ? feeds[alias] : tensor(type, dims);
+  await session.run(feeds, fetches);  // with capture: the recording run
+  await device.queue.onSubmittedWorkDone();
   const times = [];
   for (let i = 0; i < runs; i++) {
     const t = performance.now();
-    await session.run(feeds, fetches);
+    for (let j = 0; j < batch; j++) await session.run(feeds, fetches);
     await device.queue.onSubmittedWorkDone();
-    times.push(performance.now() - t);
+    times.push((performance.now() - t) / batch);
   }
   await session.release();
-  return median(times.slice(5));
+  return median(times);
 }
 
-window.runKernels = async (cases, runs) => {
+window.runKernels = async (cases, runs, batch) => {
   const ort = await import('./vendor/ort/ort.webgpu.min.mjs');
   ort.env.wasm.wasmPaths = new URL('./vendor/ort/', location.href).href;
   const out = [];
   for (const c of cases) {
     for (const capture of [false, true]) {
       try {
-        const one = await timeCase(ort, c, 1, capture, runs);
-        const many = await timeCase(ort, c, 33, capture, runs);
+        const one = await timeCase(ort, c, 1, capture, runs, batch);
+        if (!c.file[33]) { out.push({name: c.name, capture, one_ms: one}); continue; }  // the decode step: one graph
+        const many = await timeCase(ort, c, 33, capture, runs, batch);
         out.push({name: c.name, capture, one_ms: one, many_ms: many, per_node_us: (many - one) / 32 * 1000});
       } catch (e) {
         out.push({name: c.name, capture, error: String(e).slice(0, 300)});
@@ -84,11 +94,11 @@ PAGE = """<!doctype html><meta charset="utf-8"><title>kernels</title>
 import './kernels.mjs';
 const q = new URLSearchParams(location.search);
 const cases = await (await fetch('kernels/cases.json')).json();
-window.result = await window.runKernels(cases, Number(q.get('runs') || 30));
+window.result = await window.runKernels(cases, Number(q.get('runs')), Number(q.get('batch')));
 </script>"""
 
 
-def write_cases(site: Path, only: list[str]) -> None:
+def write_cases(site: Path, only: list[str], step: tuple[Path, int, int] | None = None) -> None:
     """kernels.html, kernels.mjs and kernels/ (the models and cases.json) in the site."""
     folder = site / "kernels"
     shutil.rmtree(folder, ignore_errors=True)
@@ -108,9 +118,48 @@ def write_cases(site: Path, only: list[str]) -> None:
             case["outputs"][copies] = [[n, "float32", v[1], v[0]] if isinstance(v[0], str) else [n, TYPES[v[0]], v[1], None]
                                        for n, v in outs.items()]
         cases.append(case)
-    (folder / "cases.json").write_text(json.dumps(cases))
+    (folder / "cases.json").write_text(json.dumps(cases + ([step_case(site, *step)] if step else [])))
     (site / "kernels.mjs").write_text(JS)
     (site / "kernels.html").write_text(PAGE)
+
+
+def step_case(site: Path, model: Path, context: int, length: int) -> dict:
+    """The exported decode step as a case (linked into the site as kernels/model): caches as the step session
+    makes them (webgemma.static_cache), written in place; one token after `length` cached ones."""
+    import onnx
+
+    from webgemma.manifest import parse_manifest
+    from webgemma.static_cache import length_feeds, step_caches
+
+    (site / "kernels" / "model").symlink_to(model.resolve())
+    io = parse_manifest((model / "manifest.json").read_text()).decoder
+    graph = onnx.load(str(model / io["step_graph"]["path"]), load_external_data=False).graph
+    caches = {c["input"]: c for c in step_caches(io, context)}
+    window = max(c["window"] or 0 for c in io["cache"])
+    lengths = length_feeds(io, {view: length if view == "full_attention" else min(length, window) for view in io["kv_length"]})
+    inputs = []
+    for i in graph.input:
+        if i.name in caches:
+            inputs.append([i.name, "float32", caches[i.name]["dims"], 0])
+        elif i.name.startswith("attn_mask."):  # bench/explicit_attention.py: every slot visible
+            inputs.append([i.name, "float32", [1, caches[f"past_key_values.{i.name.split('.')[1]}.key"]["dims"][2]], 0])
+        elif i.name in lengths:
+            inputs.append([i.name, "int32", list(lengths[i.name].shape), int(lengths[i.name].reshape(-1)[0])])
+        else:  # input_ids, per-layer rows and scales, RoPE tables: one token's worth
+            dims = [d.dim_value or 1 for d in i.type.tensor_type.shape.dim]
+            inputs.append([i.name, TYPES[i.type.tensor_type.elem_type], dims, 2 if i.name == io["inputs"]["input_ids"] else 0])
+    present = {c["output"]: c for c in caches.values()}
+    outputs = [[o.name, "float32", present[o.name]["dims"], present[o.name]["input"]] if o.name in present else
+               [o.name, TYPES[o.type.tensor_type.elem_type], _output_dims(o, caches), None]
+               for o in graph.output]
+    return {"name": f"decode step ({model.name}, {length} cached of {context})", "file": {1: f"model/{io['step_graph']['path']}"},
+            "inputs": inputs, "outputs": {1: outputs}, "external": [f["path"] for f in io["external_data"]]}
+
+
+def _output_dims(o, caches: dict) -> list[int]:
+    if o.name.startswith("new."):  # bench/explicit_attention.py: one key or value row of the layer
+        return [1, caches[f"past_key_values.{o.name.split('.')[1]}.key"]["dims"][3]]
+    return [d.dim_value for d in o.type.tensor_type.shape.dim]
 
 
 def run_gpu(url: str, timeout: float) -> list:
@@ -154,14 +203,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("site", type=Path)
     p.add_argument("--gpu", action="store_true")
-    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--batch", type=int, default=20, help="runs back to back per measurement")
+    p.add_argument("--step", type=Path, help="an exported model folder: time its decode step too")
+    p.add_argument("--context", type=int, default=4096)
+    p.add_argument("--length", type=int, default=1024)
     p.add_argument("--only", nargs="*", default=[])
     p.add_argument("--timeout", type=float, default=400)
     a = p.parse_args()
-    write_cases(a.site, a.only)
+    write_cases(a.site, a.only, (a.step, a.context, a.length) if a.step else None)
     server = make_server(a.site, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/kernels.html?runs={a.runs}"
+    url = f"http://127.0.0.1:{server.server_address[1]}/kernels.html?runs={a.runs}&batch={a.batch}"
     try:
         results = (run_gpu if a.gpu else run_local)(url, a.timeout)
     finally:
@@ -170,6 +223,8 @@ def main() -> None:
     for r in results:
         if "error" in r:
             print(f"{r['name']:44s} {r['capture']!s:>8s} failed: {r['error'][:150]}")
+        elif "many_ms" not in r:
+            print(f"{r['name']:44s} {r['capture']!s:>8s} {r['one_ms']:10.3f} ms per step")
         else:
             print(f"{r['name']:44s} {r['capture']!s:>8s} {r['one_ms']:10.3f} {r['many_ms']:12.3f} {r['per_node_us']:12.1f}")
 

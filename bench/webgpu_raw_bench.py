@@ -6,11 +6,14 @@ onnxruntime-web's kernels.
     python bench/webgpu_raw_bench.py [--gpu | --native] [--runs 20] [--mib 1024] [--quick]
 
 Chains of dependent dispatches (each writes the buffer the next one reads, so the GPU finishes one before the
-next) are timed until the GPU is done: (t(N) - t(1)) / (N - 1) is one more dispatch's cost. `add` is one workgroup;
+next) are timed until the GPU is done: (t(N + 1) - t(1)) / N is one more dispatch's cost. Chains are long (1,000
+dispatches, 16 reads or copies of the large buffer) because Chromium reports finished work a few milliseconds late;
+in Chromium one-pass chains are also timed by GPU timestamp queries. `add` is one workgroup;
 `add, 6144 workgroups` is as wide as a decode step's matrix-vector products. The int4 product (one workgroup of
 64 per output row, packed nibbles and one f32 scale per 32 weights, as MatMulNBits stores them) is checked
 against the same sum computed on the CPU, then run over one weight copy (L2-resident) and over copies cycled past
-the L2 cache (read from memory).
+the L2 cache (read from memory), the latter also from buffers of STORAGE usage alone (filled at creation):
+whether the usage changes where the browser puts a buffer. The round trip is one dispatch and reading its result.
 
 --gpu: Chromium from $CHROMIUM with $CHROMIUM_GPU_FLAGS (../shared/gpu-browser). --native: PyPI `wgpu`
 (wgpu-native), the highest-performance adapter. Neither: Debian's Chromium with SwiftShader (checks the harness
@@ -36,7 +39,8 @@ ROWS = 6144  # width of the wide chain: the MLP's rows
 MATVECS = [(1536, 6144), (6144, 1536), (1536, 2048), (1536, 131072)]  # (K, N): gate/up, down, q, half the lm_head
 QUICK_MATVECS = [(1536, 2048)]
 CHAIN = 1000  # extra dispatches in a chain
-MATVEC_CHAIN = 64
+MATVEC_CHAIN = 1000
+REPEATS = 16  # extra reads / copies of the large buffer
 
 ADD = """@group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3u) { x[g.x] = x[g.x] + 1.0; }"""
@@ -103,9 +107,10 @@ def expected_rows(k: int, rows: int) -> np.ndarray:
 JS = """
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-async function main({runs, mib, matvecs, rows, chainLength, matvecChain, ways, wgsl, words, scales}) {
+async function main({runs, mib, matvecs, rows, chainLength, matvecChain, repeats, ways, wgsl, words, scales}) {
   const adapter = await navigator.gpu.requestAdapter({powerPreference: 'high-performance'});
-  const device = await adapter.requestDevice({requiredLimits: {
+  const stamps = adapter.features.has('timestamp-query');
+  const device = await adapter.requestDevice({requiredFeatures: stamps ? ['timestamp-query'] : [], requiredLimits: {
     maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize, maxBufferSize: adapter.limits.maxBufferSize}});
   const info = adapter.info || {};
   const out = {adapter: {vendor: info.vendor, architecture: info.architecture, description: info.description,
@@ -113,7 +118,17 @@ async function main({runs, mib, matvecs, rows, chainLength, matvecChain, ways, w
   device.onuncapturederror = (e) => out.errors.push(e.error.message.slice(0, 300));
   const pipeline = (code) => device.createComputePipeline({layout: 'auto',
                                                            compute: {module: device.createShaderModule({code}), entryPoint: 'main'}});
-  const buffer = (size, data) => {
+  // storageOnly: STORAGE usage alone, filled through mappedAtCreation (does the usage change where it lives?)
+  const buffer = (size, data, storageOnly = false) => {
+    if (storageOnly) {
+      const b = device.createBuffer({size, usage: GPUBufferUsage.STORAGE, mappedAtCreation: true});
+      if (data) {
+        const view = new data.constructor(b.getMappedRange());
+        for (let o = 0; o < view.length; o += data.length) view.set(data.subarray(0, Math.min(data.length, view.length - o)), o);
+      }
+      b.unmap();
+      return b;
+    }
     const b = device.createBuffer({size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC});
     if (data) for (let o = 0; o < size; o += data.byteLength) device.queue.writeBuffer(b, o, data, 0, Math.min(data.length, (size - o) / 4));
     return b;
@@ -130,38 +145,80 @@ async function main({runs, mib, matvecs, rows, chainLength, matvecChain, ways, w
     }
     return median(times.slice(3));
   };
+  // GPU time of a one-pass chain from timestamp queries: the wall clock waits for Chromium to notice the work is
+  // done, which adds up to a few ms per wait (so chains are long, and one-pass chains are also timed here)
+  const querySet = stamps && device.createQuerySet({type: 'timestamp', count: 2});
+  const resolved = device.createBuffer({size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC});
+  const stampsRead = device.createBuffer({size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST});
+  const passTimes = {querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1};
   // n dispatches of (pipe, groups[i % groups.length], size), cut into passes and submits
-  const chain = (pipe, groups, size, perPass, perSubmit) => (n) => () => {
+  const chain = (pipe, groups, size, perPass, perSubmit) => (n, stamp = false) => () => {
     let encoder = device.createCommandEncoder(), pass = null, inPass = 0, inSubmit = 0;
     for (let i = 0; i < n; i++) {
-      pass ??= encoder.beginComputePass();
+      pass ??= encoder.beginComputePass(stamp ? {timestampWrites: passTimes} : {});
       pass.setPipeline(pipe); pass.setBindGroup(0, groups[i % groups.length]); pass.dispatchWorkgroups(...size);
       const submit = ++inSubmit === perSubmit || i === n - 1;
       if (++inPass === perPass || submit) { pass.end(); pass = null; inPass = 0; }
-      if (submit) { device.queue.submit([encoder.finish()]); encoder = device.createCommandEncoder(); inSubmit = 0; }
+      if (submit) {
+        if (stamp) { encoder.resolveQuerySet(querySet, 0, 2, resolved, 0); encoder.copyBufferToBuffer(resolved, 0, stampsRead, 0, 16); }
+        device.queue.submit([encoder.finish()]); encoder = device.createCommandEncoder(); inSubmit = 0;
+      }
     }
   };
-  const perExtra = async (run, extra) => {
+  const gpuMs = async (record) => {
+    const times = [];
+    for (let i = 0; i < runs + 3; i++) {
+      record();
+      await stampsRead.mapAsync(GPUMapMode.READ);
+      const [begin, end] = new BigUint64Array(stampsRead.getMappedRange());
+      times.push(Number(end - begin) / 1e6);
+      stampsRead.unmap();
+    }
+    return median(times.slice(3));
+  };
+  // onePass: the chain is one compute pass, so its GPU time is measured too
+  const perExtra = async (run, extra, onePass = true) => {
     const one = await time(run(1)), many = await time(run(extra + 1));
-    return {one_ms: one, many_ms: many, per_dispatch_us: (many - one) / extra * 1000};
+    const r = {one_ms: one, many_ms: many, per_dispatch_us: (many - one) / extra * 1000};
+    if (stamps && onePass) r.gpu_us = (await gpuMs(run(extra + 1, true)) - await gpuMs(run(1, true))) / extra * 1000;
+    return r;
   };
 
   const add = pipeline(wgsl.add);
-  const small = group(add, [buffer(256)]), wide = group(add, [buffer(rows * 64 * 4)]);
+  const smallBuffer = buffer(256), small = group(add, [smallBuffer]), wide = group(add, [buffer(rows * 64 * 4)]);
   for (const [way, [perPass, perSubmit]] of Object.entries(ways))
-    out.chains.push({way: `add, ${way}`, ...await perExtra(chain(add, [small], [1], perPass, perSubmit), chainLength)});
+    out.chains.push({way: `add, ${way}`, ...await perExtra(chain(add, [small], [1], perPass, perSubmit), chainLength, !perPass && !perSubmit)});
   out.chains.push({way: `add, ${rows} workgroups, one pass`, ...await perExtra(chain(add, [wide], [rows], null, null), chainLength)});
 
   const bytes = Math.min(mib * 2 ** 20, device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize) & ~0xffff;
   const big = buffer(bytes), dst = buffer(bytes), sums = buffer(bytes / 16);
   const sum = pipeline(wgsl.read), groups = bytes / 16 / 16 / 256;
-  const readMs = await time(chain(sum, [group(sum, [big, sums])], [Math.min(groups, 32768), Math.max(1, groups / 32768)], null, null)(1));
-  const copyMs = await time(() => {
-    const e = device.createCommandEncoder(); e.copyBufferToBuffer(big, 0, dst, 0, bytes); device.queue.submit([e.finish()]);
-  });
-  out.bandwidth.push({what: 'WGSL read (vec4 loads)', bytes, ms: readMs, gb_s: bytes / readMs / 1e6});
-  out.bandwidth.push({what: 'copyBufferToBuffer (read + write)', bytes, ms: copyMs, gb_s: 2 * bytes / copyMs / 1e6});
-  [big, dst, sums].forEach((b) => b.destroy());
+  const readSize = [Math.min(groups, 32768), Math.max(1, groups / 32768)];
+  const bandwidth = (what, r, moved) => out.bandwidth.push({what, bytes, ms: r.per_dispatch_us / 1000, gb_s: moved / r.per_dispatch_us / 1e3,
+                                                            gpu_gb_s: r.gpu_us && moved / r.gpu_us / 1e3});
+  bandwidth('WGSL read (vec4 loads)', await perExtra(chain(sum, [group(sum, [big, sums])], readSize, null, null), repeats), bytes);
+  const copies = (n) => () => {
+    const e = device.createCommandEncoder();
+    for (let i = 0; i < n; i++) e.copyBufferToBuffer(big, 0, dst, 0, bytes);
+    device.queue.submit([e.finish()]);
+  };
+  bandwidth('copyBufferToBuffer (read + write)', await perExtra(copies, repeats, false), 2 * bytes);
+  [big, dst].forEach((b) => b.destroy());
+  const bigStorage = buffer(bytes, null, true);
+  bandwidth('WGSL read, STORAGE-only buffer', await perExtra(chain(sum, [group(sum, [bigStorage, sums])], readSize, null, null), repeats), bytes);
+  [bigStorage, sums].forEach((b) => b.destroy());
+
+  // what reading a result costs: a one-workgroup dispatch, a copy to a mappable buffer, mapAsync
+  const staging = device.createBuffer({size: 256, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST});
+  const trips = [];
+  for (let i = 0; i < runs + 3; i++) {
+    const t = performance.now(), e = device.createCommandEncoder(), p = e.beginComputePass();
+    p.setPipeline(add); p.setBindGroup(0, small); p.dispatchWorkgroups(1); p.end();
+    e.copyBufferToBuffer(smallBuffer, 0, staging, 0, 256); device.queue.submit([e.finish()]);
+    await staging.mapAsync(GPUMapMode.READ); staging.unmap();
+    trips.push(performance.now() - t);
+  }
+  out.round_trip_ms = median(trips.slice(3));
 
   const w = new Uint32Array(words), s = new Float32Array(scales);
   const readBack = async (b, count) => {
@@ -176,16 +233,16 @@ async function main({runs, mib, matvecs, rows, chainLength, matvecChain, ways, w
     const mv = pipeline(wgsl.matvec.replace('KK', K));
     const weightBytes = N * K / 2, scaleBytes = N * K / 32 * 4;
     const x = buffer(K * 4, new Float32Array(xs)), y = buffer(N * 4);
-    for (const [where, n] of [['L2', 1], ['memory', copies]]) {
+    for (const [where, n, storageOnly] of [['L2', 1, false], ['memory', copies, false], ['memory, STORAGE-only', copies, true]]) {
       const owned = [], groups = [];
       for (let c = 0; c < n; c++) {
-        const [wb, sb] = [buffer(weightBytes, w), buffer(scaleBytes, s)];
+        const [wb, sb] = [buffer(weightBytes, w, storageOnly), buffer(scaleBytes, s, storageOnly)];
         owned.push(wb, sb);
         groups.push(group(mv, [wb, sb, x, y]));
       }
       const r = await perExtra(chain(mv, groups, [Math.min(N, 32768), Math.ceil(N / 32768)], null, null), matvecChain);
       out.matvec.push({K, N, where, per_matvec_us: r.per_dispatch_us, gb_s: (weightBytes + scaleBytes) / r.per_dispatch_us / 1e3,
-                       first_rows: await readBack(y, 4)});
+                       gpu_us: r.gpu_us, first_rows: await readBack(y, 4)});
       owned.forEach((b) => b.destroy());
     }
   }
@@ -208,7 +265,7 @@ def run_browser(a) -> dict:
     from webgemma_site.serve import make_server
 
     site = Path(tempfile.mkdtemp(prefix="webgemma-raw-"))
-    config = {"runs": a.runs, "mib": a.mib, "rows": ROWS, "chainLength": CHAIN, "matvecChain": MATVEC_CHAIN,
+    config = {"runs": a.runs, "mib": a.mib, "rows": ROWS, "chainLength": CHAIN, "matvecChain": 4 if a.quick else MATVEC_CHAIN, "repeats": REPEATS,
               "ways": CHAIN_WAYS, "wgsl": {"add": ADD, "read": READ, "matvec": MATVEC},
               "matvecs": [[k, n, c, matvec_x(k).tolist()] for k, n, c in matvec_plan(a.quick)],
               "words": words().tolist(), "scales": scales().tolist()}
@@ -242,12 +299,18 @@ def run_native(a) -> dict:
         return device.create_compute_pipeline(layout="auto", compute={"module": device.create_shader_module(code=code),
                                                                       "entry_point": "main"})
 
-    def buffer(size, data=None):
-        b = device.create_buffer(size=size, usage=usage)
+    def buffer(size, data=None, storage_only=False):
+        b = device.create_buffer(size=size, usage=wgpu.BufferUsage.STORAGE if storage_only else usage,
+                                 mapped_at_creation=storage_only)
         if data is not None:
             raw = data.tobytes()
             for o in range(0, size, len(raw)):
-                device.queue.write_buffer(b, o, raw[:size - o])
+                if storage_only:
+                    b.write_mapped(raw[:size - o], o)
+                else:
+                    device.queue.write_buffer(b, o, raw[:size - o])
+        if storage_only:
+            b.unmap()
         return b
 
     def group(pipe, buffers):
@@ -296,26 +359,38 @@ def run_native(a) -> dict:
     size = min(a.mib * 2**20, device.limits["max-storage-buffer-binding-size"]) & ~0xFFFF
     big, dst, sums = buffer(size), buffer(size), buffer(size // 16)
     read, groups = pipeline(READ), size // 16 // 16 // 256
-    read_ms = time_(chain(read, [group(read, [big, sums])], (min(groups, 32768), max(1, groups // 32768)), None, None)(1))
+    read_size = (min(groups, 32768), max(1, groups // 32768))
 
-    def copy():
-        e = device.create_command_encoder()
-        e.copy_buffer_to_buffer(big, 0, dst, 0, size)
-        device.queue.submit([e.finish()])
-    copy_ms = time_(copy)
-    out["bandwidth"] += [{"what": "WGSL read (vec4 loads)", "bytes": size, "ms": read_ms, "gb_s": size / read_ms / 1e6},
-                         {"what": "copy_buffer_to_buffer (read + write)", "bytes": size, "ms": copy_ms, "gb_s": 2 * size / copy_ms / 1e6}]
-    for b in (big, dst, sums):
-        b.destroy()
+    def bandwidth(what, r, moved):
+        out["bandwidth"].append({"what": what, "bytes": size, "ms": r["per_dispatch_us"] / 1000,
+                                 "gb_s": moved / r["per_dispatch_us"] / 1e3})
+
+    def copies(n):
+        def record():
+            e = device.create_command_encoder()
+            for _ in range(n):
+                e.copy_buffer_to_buffer(big, 0, dst, 0, size)
+            device.queue.submit([e.finish()])
+        return record
+
+    bandwidth("WGSL read (vec4 loads)", per_extra(chain(read, [group(read, [big, sums])], read_size, None, None), REPEATS), size)
+    bandwidth("copy_buffer_to_buffer (read + write)", per_extra(copies, REPEATS), 2 * size)
+    big.destroy()
+    dst.destroy()
+    big = buffer(size, storage_only=True)
+    bandwidth("WGSL read, STORAGE-only buffer", per_extra(chain(read, [group(read, [big, sums])], read_size, None, None), REPEATS), size)
+    big.destroy()
+    sums.destroy()
+    out["round_trip_ms"] = time_(chain(add, [small], (1,), None, None)(1))  # a dispatch, then a buffer read back
 
     w, s = words(), scales()
     for k, n, copies in matvec_plan(a.quick):
         mv = pipeline(MATVEC.replace("KK", str(k)))
         x, y = buffer(k * 4, matvec_x(k)), buffer(n * 4)
-        for where, count in (("L2", 1), ("memory", copies)):
-            owned = [(buffer(n * k // 2, w), buffer(n * k // 8, s)) for _ in range(count)]
+        for where, count, storage_only in (("L2", 1, False), ("memory", copies, False), ("memory, STORAGE-only", copies, True)):
+            owned = [(buffer(n * k // 2, w, storage_only), buffer(n * k // 8, s, storage_only)) for _ in range(count)]
             groups = [group(mv, [wb, sb, x, y]) for wb, sb in owned]
-            r = per_extra(chain(mv, groups, (min(n, 32768), -(-n // 32768)), None, None), MATVEC_CHAIN)
+            r = per_extra(chain(mv, groups, (min(n, 32768), -(-n // 32768)), None, None), 4 if a.quick else MATVEC_CHAIN)
             us = r["per_dispatch_us"]
             first = np.frombuffer(device.queue.read_buffer(y, 0, 16), np.float32).tolist()
             out["matvec"].append({"K": k, "N": n, "where": where, "per_matvec_us": us,
@@ -333,7 +408,7 @@ def main() -> None:
     where.add_argument("--native", action="store_true")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--mib", type=int, default=1024, help="size of the buffer read for the bandwidth")
-    p.add_argument("--quick", action="store_true", help="one small matrix-vector shape (for SwiftShader)")
+    p.add_argument("--quick", action="store_true", help="one small matrix-vector shape, short chains (SwiftShader)")
     p.add_argument("--timeout", type=float, default=300)
     a = p.parse_args()
     r = run_native(a) if a.native else run_browser(a)
@@ -344,14 +419,17 @@ def main() -> None:
             r["errors"].append(f"matvec {m['K']}→{m['N']} ({m['where']}): {m['first_rows']} != {want.tolist()}")
     if r["errors"]:
         raise SystemExit(f"errors (the timings are void): {r['errors'][:3]}")
-    print(f"{'dependent dispatches':44s} {'1 ms':>8s} {'1,001 ms':>10s} {'per dispatch µs':>16s}")
+    gpu = lambda v, f: "" if v is None else f.format(v)  # noqa: E731 - GPU timestamps: Chromium only
+    print(f"{'dependent dispatches':44s} {'1 ms':>8s} {'N+1 ms':>10s} {'per dispatch µs':>16s} {'GPU µs':>8s}")
     for d in r["chains"]:
-        print(f"{d['way']:44s} {d['one_ms']:8.3f} {d['many_ms']:10.3f} {d['per_dispatch_us']:16.1f}")
+        print(f"{d['way']:44s} {d['one_ms']:8.3f} {d['many_ms']:10.3f} {d['per_dispatch_us']:16.1f} {gpu(d.get('gpu_us'), '{:8.1f}')}")
     for b in r["bandwidth"]:
-        print(f"{b['what']:44s} {b['bytes'] / 2**20:8.0f} MiB {b['ms']:8.3f} ms {b['gb_s']:8.1f} GB/s")
-    print(f"{'int4 matvec K→N':24s} {'weights':>8s} {'µs':>9s} {'GB/s':>8s}")
+        print(f"{b['what']:44s} {b['bytes'] / 2**20:8.0f} MiB {b['ms']:8.3f} ms {b['gb_s']:8.1f} GB/s {gpu(b.get('gpu_gb_s'), 'GPU {:.1f} GB/s')}")
+    print(f"round trip (a dispatch, then mapping its result): {r['round_trip_ms']:.3f} ms")
+    print(f"{'int4 matvec K→N':16s} {'weights':>22s} {'µs':>9s} {'GB/s':>8s} {'GPU µs':>8s}")
     for m in r["matvec"]:
-        print(f"{str(m['K']) + '→' + str(m['N']):24s} {m['where']:>8s} {m['per_matvec_us']:9.1f} {m['gb_s']:8.1f}")
+        print(f"{str(m['K']) + '→' + str(m['N']):16s} {m['where']:>22s} {m['per_matvec_us']:9.1f} {m['gb_s']:8.1f} "
+              f"{gpu(m.get('gpu_us'), '{:8.1f}')}")
 
 
 if __name__ == "__main__":
