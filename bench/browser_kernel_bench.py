@@ -3,10 +3,10 @@ capture: R = 1 and R = 33 copies of a node, every input and output a fixed GPU b
 runs back to back, then one wait until the GPU is done (`onSubmittedWorkDone`), divided by BATCH: Chromium notices
 finished work only every few milliseconds, so a single short run times that latency, not the GPU. (t33 - t1) / 32
 is one more node's cost in the browser. --step MODEL adds the exported decode step itself (decoder_step.onnx,
-caches of CONTEXT slots written in place, one token after LENGTH cached ones): ms per step.
+caches of CONTEXT slots): ms per step.
 
     python bench/browser_kernel_bench.py SITE [--gpu] [--runs 10] [--batch 20] [--only NAME...]
-                                              [--step MODEL_DIR [--context 4096] [--length 1024]]
+                                              [--step MODEL_DIR [--context 4096]]
 
 SITE is a folder written by `webgemma site` (its onnxruntime-web bundle is used). --gpu: Chromium from
 $CHROMIUM with $CHROMIUM_GPU_FLAGS through cdp.py (../shared/gpu-browser); otherwise Debian's Chromium with
@@ -98,7 +98,7 @@ window.result = await window.runKernels(cases, Number(q.get('runs')), Number(q.g
 </script>"""
 
 
-def write_cases(site: Path, only: list[str], step: tuple[Path, int, int] | None = None) -> None:
+def write_cases(site: Path, only: list[str], step: tuple[Path, int] | None = None) -> None:
     """kernels.html, kernels.mjs and kernels/ (the models and cases.json) in the site."""
     folder = site / "kernels"
     shutil.rmtree(folder, ignore_errors=True)
@@ -123,43 +123,34 @@ def write_cases(site: Path, only: list[str], step: tuple[Path, int, int] | None 
     (site / "kernels.html").write_text(PAGE)
 
 
-def step_case(site: Path, model: Path, context: int, length: int) -> dict:
+def step_case(site: Path, model: Path, context: int) -> dict:
     """The exported decode step as a case (linked into the site as kernels/model): caches as the step session
-    makes them (webgemma.static_cache), written in place; one token after `length` cached ones."""
+    makes them (webgemma.static_cache). The step reads every slot whatever the mask says, so its cost does not
+    depend on how many positions are cached."""
     import onnx
 
-    from webgemma.manifest import parse_manifest
-    from webgemma.static_cache import length_feeds, step_caches
+    from webgemma.manifest import FULL, parse_manifest
+    from webgemma.static_cache import step_caches
 
     (site / "kernels" / "model").symlink_to(model.resolve())
     io = parse_manifest((model / "manifest.json").read_text()).decoder
     graph = onnx.load(str(model / io["step_graph"]["path"]), load_external_data=False).graph
     caches = {c["input"]: c for c in step_caches(io, context)}
     window = max(c["window"] or 0 for c in io["cache"])
-    lengths = length_feeds(io, {view: length if view == "full_attention" else min(length, window) for view in io["kv_length"]})
+    masks = {name: (context if kind == FULL else window) for kind, name in io["step_graph"]["masks"].items()}
     inputs = []
     for i in graph.input:
         if i.name in caches:
             inputs.append([i.name, "float32", caches[i.name]["dims"], 0])
-        elif i.name.startswith("attn_mask."):  # bench/explicit_attention.py: every slot visible
-            inputs.append([i.name, "float32", [1, caches[f"past_key_values.{i.name.split('.')[1]}.key"]["dims"][2]], 0])
-        elif i.name in lengths:
-            inputs.append([i.name, "int32", list(lengths[i.name].shape), int(lengths[i.name].reshape(-1)[0])])
+        elif i.name in masks:
+            inputs.append([i.name, "float32", [1, masks[i.name]], 0])
         else:  # input_ids, per-layer rows and scales, RoPE tables: one token's worth
             dims = [d.dim_value or 1 for d in i.type.tensor_type.shape.dim]
             inputs.append([i.name, TYPES[i.type.tensor_type.elem_type], dims, 2 if i.name == io["inputs"]["input_ids"] else 0])
-    present = {c["output"]: c for c in caches.values()}
-    outputs = [[o.name, "float32", present[o.name]["dims"], present[o.name]["input"]] if o.name in present else
-               [o.name, TYPES[o.type.tensor_type.elem_type], _output_dims(o, caches), None]
+    outputs = [[o.name, TYPES[o.type.tensor_type.elem_type], [d.dim_value for d in o.type.tensor_type.shape.dim], None]
                for o in graph.output]
-    return {"name": f"decode step ({model.name}, {length} cached of {context})", "file": {1: f"model/{io['step_graph']['path']}"},
+    return {"name": f"decode step ({model.name}, {context} slots)", "file": {1: f"model/{io['step_graph']['path']}"},
             "inputs": inputs, "outputs": {1: outputs}, "external": [f["path"] for f in io["external_data"]]}
-
-
-def _output_dims(o, caches: dict) -> list[int]:
-    if o.name.startswith("new."):  # bench/explicit_attention.py: one key or value row of the layer
-        return [1, caches[f"past_key_values.{o.name.split('.')[1]}.key"]["dims"][3]]
-    return [d.dim_value for d in o.type.tensor_type.shape.dim]
 
 
 def run_gpu(url: str, timeout: float) -> list:
@@ -207,11 +198,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=20, help="runs back to back per measurement")
     p.add_argument("--step", type=Path, help="an exported model folder: time its decode step too")
     p.add_argument("--context", type=int, default=4096)
-    p.add_argument("--length", type=int, default=1024)
     p.add_argument("--only", nargs="*", default=[])
     p.add_argument("--timeout", type=float, default=400)
     a = p.parse_args()
-    write_cases(a.site, a.only, (a.step, a.context, a.length) if a.step else None)
+    write_cases(a.site, a.only, (a.step, a.context) if a.step else None)
     server = make_server(a.site, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/kernels.html?runs={a.runs}&batch={a.batch}"

@@ -61,8 +61,8 @@ def export(checkpoint_dir, out_dir, *, quant: str = "int4", block_size: int = 32
     # Building the graph claims every tensor it uses: a missing or mis-shaped tensor fails here, before any write.
     graph, io = build_decoder(arch, weights, linear, bits=bits, float_dtype=float_dtype, block_size=block_size, max_bytes=max_bytes)
     # The one-token step graph for graph capture: the same weights by the same names, stored once.
-    step, _ = build_decoder(arch, weights, linear, bits=bits, float_dtype=float_dtype, block_size=block_size,
-                            max_bytes=max_bytes, static_cache=True)
+    step, step_io = build_decoder(arch, weights, linear, bits=bits, float_dtype=float_dtype, block_size=block_size,
+                                  max_bytes=max_bytes, static_cache=True)
     table_name = claim_per_layer_table(weights, arch, bits, block_size)
     skipped = weights.skipped()
     tokenizer_json = json.loads(tokenizer_path.read_text(encoding="utf-8"))
@@ -106,7 +106,7 @@ def export(checkpoint_dir, out_dir, *, quant: str = "int4", block_size: int = 32
                 "logits": "logits",
                 "top_k": io.top_k,
                 # same inputs, cache names and top-k outputs; caches are fixed buffers (see graph/decoder.py)
-                "step_graph": _file_entry("decoder_step.onnx", step_bytes),
+                "step_graph": _file_entry("decoder_step.onnx", step_bytes) | {"masks": step_io.masks},
             },
             "per_layer_table": table,
             "tokenizer": _file_entry("tokenizer.bin", tokenizer_bytes),

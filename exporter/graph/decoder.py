@@ -13,11 +13,10 @@ on the graph keeps only the last position (transformers does the same). Only cac
 inputs/outputs; a sliding layer's cache output keeps the last `window` positions.
 
 With `static_cache` the same decoder becomes the one-token step graph that onnxruntime's WebGPU graph capture
-replays: every shape fixed, each cache a preallocated buffer that GroupQueryAttention writes in place (past and
-present are one buffer), only the top-k read back. A sliding layer's cache is then a ring of `window` slots run
-without GQA's window (measured wrong under capture): keys are stored rotated, so attention does not care which
-slot holds which position, and the runtime moves entries so the newest always lands in the last slot
-(webgemma.static_cache).
+replays: every shape fixed, each cache a preallocated buffer the graph only reads, an additive mask per layer type
+saying which slots hold visible positions, the new key/value rows as the presents (the runtime writes them into
+their slots), only the top-k read back. A sliding layer's cache is a ring of `window` slots: keys are stored
+rotated, so attention does not care which slot holds which position (webgemma.static_cache).
 """
 
 from __future__ import annotations
@@ -49,6 +48,7 @@ class DecoderIO:
     rope: dict[str, dict[str, str]] = field(default_factory=dict)  # layer type → {"cos", "sin"}
     kv_length: dict[str, dict[str, str]] = field(default_factory=dict)  # view → {"seqlens_k", "total"}
     cache: list[dict] = field(default_factory=list)
+    masks: dict[str, str] = field(default_factory=dict)  # step graph: layer type → additive mask input [1, slots]
 
 
 def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, float_dtype, block_size: int,
@@ -68,9 +68,13 @@ def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, f
     ple = per_layer_inputs(ctx, h, rows)
 
     ropes = {t: _rope_inputs(g, io, t, arch.head_dim[t]) for t in sorted(set(arch.layer_types))}
-    views = {t: _length_inputs(g, io, t) for t in sorted(set(arch.layer_types[:first_shared]))}
-    if SLIDING in arch.layer_types[first_shared:]:
-        views[SHARED_SLIDING] = _length_inputs(g, io, SHARED_SLIDING)
+    if static_cache:  # a shared layer sees its source's slots, so one mask per layer type
+        views = {t: _mask_input(g, io, t) for t in sorted(set(arch.layer_types))}
+        views[SHARED_SLIDING] = views.get(SLIDING)
+    else:
+        views = {t: _length_inputs(g, io, t) for t in sorted(set(arch.layer_types[:first_shared]))}
+        if SLIDING in arch.layer_types[first_shared:]:
+            views[SHARED_SLIDING] = _length_inputs(g, io, SHARED_SLIDING)
 
     ple_layers = split_per_layer(ctx, ple, range(0, arch.num_layers if static_cache else first_shared))
     cache_out: dict[int, tuple[str, str]] = {}
@@ -88,9 +92,10 @@ def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, f
             else:
                 past = _cache_inputs(g, io, arch, i)
                 view = views[kind]
-            h, present = _decoder_layer(ctx, h, i, ropes[kind], view, past, shared, ple_layers[i], ring=static_cache)
+            h, present = _decoder_layer(ctx, h, i, ropes[kind], view, past, shared, ple_layers[i])
             if not shared:
-                cache_out[i] = _cache_outputs(g, io, arch, i, present, keep_window=not static_cache)
+                rows = _cache_outputs(g, io, arch, i, present, keep_window=not static_cache)
+                cache_out[i] = (*past, *rows) if static_cache else rows
 
     with g.scope("final"):
         if first_shared == arch.num_layers and not static_cache:
@@ -110,12 +115,11 @@ def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, f
     return g, io
 
 
-def _decoder_layer(ctx: Context, h: str, i: int, rope: Rope, view: KvLength, past, shared: bool, ple_i: str,
-                   ring: bool):
+def _decoder_layer(ctx: Context, h: str, i: int, rope: Rope, view: KvLength | str, past, shared: bool, ple_i: str):
     a, g = ctx.arch, ctx.g
     pre, eps = f"layers.{i}.", a.rms_norm_eps
     x = rms_norm(g, h, ctx.small(pre + "input_layernorm.weight", (a.hidden_size,)), eps)
-    attn, *present = self_attention(ctx, x, i, rope, view, past, shared, ring)
+    attn, *present = self_attention(ctx, x, i, rope, view, past, shared)
     attn = rms_norm(g, attn, ctx.small(pre + "post_attention_layernorm.weight", (a.hidden_size,)), eps)
     x, h = add_rms_norm(g, attn, h, ctx.small(pre + "pre_feedforward_layernorm.weight", (a.hidden_size,)), eps)
     y = rms_norm(g, mlp(ctx, x, i), ctx.small(pre + "post_feedforward_layernorm.weight", (a.hidden_size,)), eps)
@@ -143,6 +147,11 @@ def _length_inputs(g: GraphBuilder, io: DecoderIO, view: str) -> KvLength:
     return KvLength(names["seqlens_k"], names["total"])
 
 
+def _mask_input(g: GraphBuilder, io: DecoderIO, kind: str) -> str:
+    io.masks[kind] = g.input(f"attn_mask.{kind}", np.float32, [1, f"slots.{kind}"])
+    return io.masks[kind]
+
+
 def _cache_inputs(g: GraphBuilder, io: DecoderIO, arch, i: int) -> tuple[str, str]:
     kind = arch.layer_types[i]
     shape = [1, arch.num_kv_heads[kind], f"past_sequence.{i}", arch.head_dim[kind]]
@@ -152,7 +161,8 @@ def _cache_inputs(g: GraphBuilder, io: DecoderIO, arch, i: int) -> tuple[str, st
 def _cache_outputs(g: GraphBuilder, io: DecoderIO, arch, i: int, present: list[str], keep_window: bool) -> tuple[str, str]:
     kind = arch.layer_types[i]
     window = arch.sliding_window if kind == SLIDING and keep_window else None
-    shape = [1, arch.num_kv_heads[kind], f"present_sequence.{i}", arch.head_dim[kind]]
+    rows = 1 if not keep_window else f"present_sequence.{i}"  # the step graph's presents are the new rows
+    shape = [1, arch.num_kv_heads[kind], rows, arch.head_dim[kind]]
     outs = []
     for part, value in zip(("key", "value"), present):
         if window:  # keep the last `window` positions: all a later query of a sliding layer can see

@@ -25,7 +25,7 @@ from .manifest import FULL, SHARED_SLIDING, SLIDING, Manifest
 from .per_layer_rows import PerLayerRows
 from .rope import rope_tables
 from .sampling import Sampler, SamplingSettings
-from .static_cache import StaticDecoder, StepSession, length_feeds
+from .static_cache import StaticDecoder, StepSession
 
 STEP_PREFILL_MAX = 32  # a follow-up prompt this short is fed through the step graph; a longer one is prefilled anew
 
@@ -132,7 +132,7 @@ class Engine:
         t0 = time.perf_counter()
         feeds = await self._token_feeds(ids)
         t1 = time.perf_counter()
-        feeds |= length_feeds(self.io, self._lengths(start, count))
+        feeds |= _length_feeds(self.io, self._lengths(start, count))
         feeds.update(self.cache)
         top = self.io["top_k"]
         host = [top["values"], top["ids"]] if top_k else [self.io["logits"]]
@@ -238,3 +238,12 @@ class Engine:
             | {"total": 1000 * (t_end - decode_start) / max(decoded, 1)},
         }
         return result
+
+
+def _length_feeds(io: dict, lengths: dict[str, int]) -> dict[str, np.ndarray]:
+    """GQA's seqlens_k and total_sequence_length inputs for the key-sequence length each attention view sees."""
+    feeds = {}
+    for view, names in io["kv_length"].items():
+        feeds[names["seqlens_k"]] = np.asarray([lengths[view] - 1], np.int32)
+        feeds[names["total"]] = np.asarray(lengths[view], np.int32)
+    return feeds

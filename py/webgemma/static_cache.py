@@ -1,11 +1,12 @@
-"""Decoding through the step graph: fixed-size caches written in place, so the backend can capture the graph once
-and replay it for every token (onnxruntime's WebGPU graph capture; see exporter/graph/decoder.py).
+"""Decoding through the step graph: fixed-size caches, so the backend can capture the graph once and replay it for
+every token (onnxruntime's WebGPU graph capture; see exporter/graph/decoder.py).
 
+The step graph only reads the caches: an additive mask per layer type marks the slots that hold positions the
+token attends to, and the graph returns the token's key/value rows, which are then copied into their slots.
 A global layer's cache has a slot per position (the context). A sliding layer's cache is a ring of `window` slots:
-keys are stored already rotated, so attention does not care which slot holds which position, but GQA always
-writes the new token right after the `seqlens_k` slots it attends to. Until the ring is full the token at
-position p goes to slot p; after that the step attends to all `window` slots and writes the last one, so before
-each such step the entry in the last slot (the previous token) moves over the entry that leaves the window.
+keys are stored already rotated, so attention does not care which slot holds which position. Until the ring is
+full the token at position p goes to slot p; after that it takes the slot of the entry leaving the window (which
+the mask hides from it: the token sees the window's other `window - 1` positions and itself).
 
 The prompt is prefilled by the ordinary graph; its caches are then copied into the fixed buffers once.
 """
@@ -17,13 +18,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .manifest import FULL, SHARED_SLIDING, SLIDING
+from .manifest import FULL, SLIDING
 
 
 @dataclass(frozen=True)
 class Copy:
     """Copy `rows` positions of every KV head into cache `dst` from row `dst_row` on. The source is a prefill
-    present (a device handle, `src_rows` long) or, where `src` is None, the same fixed cache."""
+    present (a device handle, `src_rows` long), the name of one of the step's own outputs (its new row), or, where
+    `src` is None, the same fixed cache."""
 
     dst: str
     dst_row: int
@@ -43,15 +45,6 @@ class StepSession(Protocol):
 
     async def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """One step: (top logits, their token ids)."""
-
-
-def length_feeds(io: dict, lengths: dict[str, int]) -> dict[str, np.ndarray]:
-    """GQA's seqlens_k and total_sequence_length inputs for the key-sequence length each attention view sees."""
-    feeds = {}
-    for view, names in io["kv_length"].items():
-        feeds[names["seqlens_k"]] = np.asarray([lengths[view] - 1], np.int32)
-        feeds[names["total"]] = np.asarray(lengths[view], np.int32)
-    return feeds
 
 
 def step_caches(io: dict, context: int) -> list[dict]:
@@ -76,19 +69,13 @@ class SlotRing:
         self.slot_of = {p: p - first for p in range(first, length)}
         return first, length - first
 
-    def step(self, p: int) -> tuple[int, tuple[int, int] | None]:
-        """For the token at position p: (slots attended before it, the (from, to) slot move to make first)."""
-        w = self.window
-        if p < w:
-            self.slot_of[p] = p
-            return p, None
-        leaving = self.slot_of.pop(p - w)
-        move = None
-        if leaving != w - 1:  # the previous token sits in the last slot: it takes the leaving entry's place
-            self.slot_of[p - 1] = leaving
-            move = (w - 1, leaving)
-        self.slot_of[p] = w - 1
-        return w - 1, move
+    def step(self, p: int) -> int:
+        """The slot that takes the entry of the token at position p. Until `place` records it, `slot_of` maps
+        exactly the other positions the token attends to."""
+        return self.slot_of.pop(p - self.window) if p >= self.window else p
+
+    def place(self, p: int, slot: int) -> None:
+        self.slot_of[p] = slot
 
 
 class StaticDecoder:
@@ -97,7 +84,7 @@ class StaticDecoder:
     def __init__(self, session: StepSession, io: dict, window: int):
         self.session, self.io = session, io
         self.own = list(io["cache"])
-        self.sliding = [c for c in self.own if c["window"]]
+        self.masks = io["step_graph"]["masks"]  # layer type → mask input
         self.ring = SlotRing(window)
         self.length = 0
 
@@ -117,13 +104,23 @@ class StaticDecoder:
         self.length = length
 
     async def step(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Decodes the token in `feeds` (ids, rows, rope for position `self.length`): sets the cache lengths."""
+        """Decodes the token in `feeds` (ids, rows, rope for position `self.length`), then stores its key/value rows."""
         p = self.length
-        attended, move = self.ring.step(p)
-        if move:
-            await self.session.copy([Copy(name, move[1], None, 0, move[0], 1)
-                                     for c in self.sliding for name in (c["past_key"], c["past_value"])])
-        feeds |= length_feeds(self.io, {FULL: p + 1, SLIDING: attended + 1, SHARED_SLIDING: attended + 1})
-        out = await self.session.run(feeds)
+        slot = self.ring.step(p)
+        out = await self.session.run(feeds | self._masks(p))
+        self.ring.place(p, slot)
+        await self.session.copy([Copy(c[f"past_{part}"], slot if c["window"] else p, c[f"present_{part}"], 1, 0, 1)
+                                 for c in self.own for part in ("key", "value")])
         self.length = p + 1
         return out
+
+    def _masks(self, p: int) -> dict[str, np.ndarray]:
+        """0 over the slots the token at position p attends to besides itself, -1e9 elsewhere."""
+        masks = {}
+        if FULL in self.masks:
+            masks[self.masks[FULL]] = np.where(np.arange(self.capacity()) < p, 0, -1e9).astype(np.float32)[None]
+        if SLIDING in self.masks:
+            mask = np.full((1, self.ring.window), -1e9, np.float32)
+            mask[0, list(self.ring.slot_of.values())] = 0
+            masks[self.masks[SLIDING]] = mask
+        return masks

@@ -27,7 +27,8 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     it was stored by this store after passing its check and still has its size).
     capture: on WebGPU, decode through the graph-captured step session (webgemma.static_cache); its fixed caches
     hold `max_context` tokens (default STEP_CONTEXT). Off by default: it loads the weights a second time (load
-    time, GPU memory) for a 1.3× faster decode, measured in BENCHMARKS.md.
+    time, GPU memory) for a 2.6× faster decode, measured in BENCHMARKS.md. Older exports, whose step graph has no
+    masks, decode without it.
     """
     store = WebModelStore(model_url)
     manifest = parse_manifest(await store.read("manifest.json"))
@@ -40,7 +41,7 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
         graph_optimization="disabled", verbose_log=verbose_log,
     )
     model = await load_model(store, lambda _: backend, prefill_chunk=prefill_chunk, max_context=max_context)
-    if capture and backend.name == "webgpu" and "step_graph" in manifest.decoder:
+    if capture and backend.name == "webgpu" and "masks" in manifest.decoder.get("step_graph", {}):
         step = await backend.step_session(await store.read(manifest.decoder["step_graph"]["path"]), external, manifest,
                                           min(model.engine.max_context, max_context or STEP_CONTEXT))
         model.engine.use_step_session(step)

@@ -23,7 +23,7 @@ from webgemma_export.export import export
 WEBGPU_OPS = {
     "MatMulNBits", "MatMul", "Gemm", "GatherBlockQuantized", "Gather", "GroupQueryAttention", "RotaryEmbedding",
     "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "Gelu", "Mul", "Add", "Div", "Tanh",
-    "Reshape", "Slice", "Split", "Concat", "Cast", "TopK",
+    "Reshape", "Slice", "Split", "Concat", "Cast", "TopK", "Softmax", "ReduceSum", "Transpose",
 }
 SCHEMA = json.loads((Path(webgemma.__file__).parent / "manifest.schema.json").read_text())
 
@@ -69,18 +69,22 @@ def test_graph_uses_only_webgpu_ops_and_caches_only_owning_layers(model):
 
 
 def test_step_graph_shares_the_weights_and_fixes_its_shapes(model):
+    m = manifest_of(model)
     decoder = onnx.load(model / "decoder.onnx", load_external_data=False).graph
     step = onnx.load(model / "decoder_step.onnx", load_external_data=False).graph
     assert {n.op_type for n in step.node} <= WEBGPU_OPS
-    assert [i.name for i in step.input] == [i.name for i in decoder.input]
+    # masks instead of lengths, and no GroupQueryAttention: under graph capture it dispatches indirectly
+    lengths = {n for view in m["decoder"]["kv_length"].values() for n in view.values()}
+    masks = m["decoder"]["step_graph"]["masks"]
+    assert {i.name for i in step.input} == {i.name for i in decoder.input} - lengths | set(masks.values())
+    assert sorted(masks) == sorted(set(m["architecture"]["layer_types"]))
+    assert not any(n.op_type == "GroupQueryAttention" for n in step.node)
     assert {o.name for o in step.output} == {o.name for o in decoder.output} - {"logits"}
     ids = next(i for i in step.input if i.name == "input_ids")
     assert [d.dim_value for d in ids.type.tensor_type.shape.dim] == [1, 1]
-    # no window inside GQA (the rings hold exactly the window) and no Slice keeping the last window of a cache
-    for node in step.node:
-        if node.op_type == "GroupQueryAttention":
-            assert next(a.i for a in node.attribute if a.name == "local_window_size") == -1
-    assert not any(n.name.endswith(("window_key", "window_value")) for n in step.node)
+    for o in step.output:  # the presents are the token's key/value rows
+        if o.name.startswith("present."):
+            assert o.type.tensor_type.shape.dim[2].dim_value == 1
     external = {t.name: list(t.external_data) for t in decoder.initializer if t.external_data}
     assert {t.name: list(t.external_data) for t in step.initializer if t.external_data} == external
 

@@ -1,4 +1,4 @@
-"""The sliding ring of the step session: which slot holds which position, and the moves that keep it right."""
+"""The sliding ring of the step session: which slot holds which position, and which positions a token sees."""
 
 from __future__ import annotations
 
@@ -8,37 +8,40 @@ from webgemma.static_cache import SlotRing
 
 
 def replay(window: int, prompt: int, steps: int) -> list[int]:
-    """Simulates the ring's contents (slot → position) through a prefill and `steps` decoded tokens, applying the
-    moves and GQA's write the way the step session does; returns the final slots."""
+    """Simulates the ring's contents (slot → position) through a prefill and `steps` decoded tokens, writing each
+    token's row where the step session does; returns the final slots."""
     ring = SlotRing(window)
     first, kept = ring.fill(prompt)
     slots = [-1] * window
     slots[:kept] = range(first, first + kept)
     for p in range(prompt, prompt + steps):
-        attended, move = ring.step(p)
-        if move:
-            slots[move[1]] = slots[move[0]]
-        slots[attended] = p  # GQA writes the new token right after the slots it attends to
-        live = [s for s in slots[: attended + 1]]
-        assert sorted(live) == list(range(max(0, p - window + 1), p + 1)), f"position {p}: slots {slots}"
-        assert ring.slot_of == {q: slots.index(q) for q in live}
+        slot = ring.step(p)
+        # what the mask lets the token see besides itself: the window's other positions, nothing else
+        assert sorted(ring.slot_of) == list(range(max(0, p - window + 1), p)), f"position {p}: {ring.slot_of}"
+        assert slots[slot] in (-1, p - window)  # a free slot, or the one of the entry leaving the window
+        slots[slot] = p
+        ring.place(p, slot)
+        assert ring.slot_of == {q: slots.index(q) for q in slots if q >= 0}
     return slots
 
 
 @pytest.mark.parametrize("prompt", [1, 3, 7, 8, 9, 20])
 def test_the_ring_always_holds_exactly_the_window(prompt):
-    replay(window=8, prompt=prompt, steps=30)
+    slots = replay(window=8, prompt=prompt, steps=30)
+    assert sorted(slots) == list(range(prompt + 30 - 8, prompt + 30))
 
 
 def test_before_the_ring_is_full_positions_are_slots():
     ring = SlotRing(4)
     assert ring.fill(2) == (0, 2)
-    assert ring.step(2) == (2, None)
-    assert ring.step(3) == (3, None)
-    assert ring.step(4) == (3, (3, 0))  # position 3 leaves the last slot for position 0's
+    assert [ring.step(2), ring.place(2, 2), ring.step(3)] == [2, None, 3]
+    ring.place(3, 3)
+    assert ring.step(4) == 0  # position 0 leaves: its slot takes position 4
 
 
-def test_a_window_of_one_never_moves():
+def test_a_window_of_one_keeps_only_the_token_itself():
     ring = SlotRing(1)
     ring.fill(5)
-    assert [ring.step(p) for p in range(5, 8)] == [(0, None)] * 3
+    for p in range(5, 8):
+        assert ring.step(p) == 0 and ring.slot_of == {}
+        ring.place(p, 0)

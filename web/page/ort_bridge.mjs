@@ -54,8 +54,8 @@ export async function tensorBytes(tensor) {
 }
 
 // Step decoding under graph capture (webgemma.static_cache): onnxruntime records the step graph's GPU commands
-// once and replays them, so every input and output must be the same GPU buffer on every run. The caches are bound
-// as both past input and present output (GroupQueryAttention writes them in place); the other inputs are
+// once and replays them, so every input and output must be the same GPU buffer on every run. The graph reads the
+// caches; its new key/value rows stay on the GPU and are copied into their slots (`copy`); the other inputs are
 // rewritten with writeBuffer before each run; the top-k candidates come back through one staging buffer.
 const SIZES = { float32: 4, int64: 8, int32: 4, uint8: 1 };
 const byteSize = (type, dims) => dims.reduce((a, b) => a * b, 1) * SIZES[type];
@@ -66,8 +66,9 @@ export async function createStepSession(ort, model, options, spec) {
 }
 
 class StepSession {
-  // spec.caches: [{input, output, type, dims}]; spec.outputs: [{name, type, dims}], read back in this order.
-  // The other inputs get their buffers on the first run, from what it writes.
+  // spec.caches: [{input, type, dims}]; spec.rows: [{name, type, dims}], outputs kept on the GPU;
+  // spec.outputs: [{name, type, dims}], read back in this order. The other inputs get their buffers on the first
+  // run, from what it writes.
   constructor(ort, session, device, spec) {
     this.ort = ort;
     this.session = session;
@@ -75,12 +76,8 @@ class StepSession {
     this.buffers = new Map();
     this.feeds = {};
     this.fetches = {};
-    for (const { input, output, type, dims } of spec.caches) {
-      this.feeds[input] = this.tensor(input, type, dims);
-      this.fetches[output] = this.feeds[input];
-      this.buffers.set(output, this.buffers.get(input));
-    }
-    for (const { name, type, dims } of spec.outputs) this.fetches[name] = this.tensor(name, type, dims);
+    for (const { input, type, dims } of spec.caches) this.feeds[input] = this.tensor(input, type, dims);
+    for (const { name, type, dims } of [...spec.rows, ...spec.outputs]) this.fetches[name] = this.tensor(name, type, dims);
     this.read = spec.outputs.map(({ name, type, dims }) => [name, byteSize(type, dims)]);
     this.staging = device.createBuffer({
       size: this.read.reduce((sum, [, bytes]) => sum + bytes, 0),
@@ -97,8 +94,8 @@ class StepSession {
     return this.ort.Tensor.fromGpuBuffer(buffer, { dataType: type, dims });
   }
 
-  // copies: [[dst, dstOffset, src (a GPUBuffer, or null for the same cache), srcOffset, bytes]]. WebGPU does not
-  // copy within one buffer, so those go through a scratch buffer.
+  // copies: [[dst, dstOffset, src (a GPUBuffer, the name of one of this session's outputs, or null for the same
+  // cache), srcOffset, bytes]]. WebGPU does not copy within one buffer, so those go through a scratch buffer.
   copy(copies) {
     const encoder = this.device.createCommandEncoder();
     const within = copies.filter(([, , src]) => !src);
@@ -115,7 +112,8 @@ class StepSession {
     at = 0;
     for (const [dst, dstOffset, src, srcOffset, bytes] of copies) {
       if (src) {
-        encoder.copyBufferToBuffer(src, srcOffset, this.buffers.get(dst), dstOffset, bytes);
+        const from = typeof src === 'string' ? this.buffers.get(src) : src;
+        encoder.copyBufferToBuffer(from, srcOffset, this.buffers.get(dst), dstOffset, bytes);
       } else {
         encoder.copyBufferToBuffer(this.scratch, at, this.buffers.get(dst), dstOffset, bytes);
         at += bytes;

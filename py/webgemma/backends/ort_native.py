@@ -77,8 +77,8 @@ class NativeBackend:
 
 
 class NativeStepSession:
-    """webgemma.static_cache.StepSession on onnxruntime's CPU EP: every cache is a numpy array bound as both the
-    past input and the present output, so GroupQueryAttention writes into it in place, as on the GPU."""
+    """webgemma.static_cache.StepSession on onnxruntime's CPU EP: every cache is a numpy array bound once as an
+    input, so the rows copied into it are what the next step reads, as on the GPU."""
 
     def __init__(self, ort, path: Path, manifest, context: int):
         options = ort.SessionOptions()
@@ -91,29 +91,27 @@ class NativeStepSession:
         self.slots = {c["input"]: c["dims"][2] for c in caches}
         # the caches and outputs are bound once; each step rebinds only its other inputs
         self.binding = self.session.io_binding()
-        for c in caches:
-            value = ort.OrtValue.ortvalue_from_numpy(self.caches[c["input"]])
-            self.binding.bind_ortvalue_input(c["input"], value)
-            self.binding.bind_ortvalue_output(c["output"], value)
+        for name, cache in self.caches.items():
+            self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(cache))
         self.output_names = [o.name for o in self.session.get_outputs()]
         for name in self.output_names:
-            if name not in {c["output"] for c in caches}:
-                self.binding.bind_output(name, "cpu")
+            self.binding.bind_output(name, "cpu")
+        self.outputs: dict[str, np.ndarray] = {}  # the last step's, its new key/value rows among them
 
     async def copy(self, copies) -> None:
         for c in copies:
             dst = self.caches[c.dst]
-            src = dst if c.src is None else np.asarray(c.src)
+            src = dst if c.src is None else self.outputs[c.src] if isinstance(c.src, str) else np.asarray(c.src)
             dst[:, :, c.dst_row:c.dst_row + c.rows] = src[:, :, c.src_row:c.src_row + c.rows]
 
     async def run(self, feeds: dict) -> tuple[np.ndarray, np.ndarray]:
         for name, value in feeds.items():
             self.binding.bind_cpu_input(name, np.ascontiguousarray(value))
         self.session.run_with_iobinding(self.binding)
-        outputs = dict(zip(self.output_names, self.binding.get_outputs()))
-        top = self.io["top_k"]
         # copies: the bound outputs' memory is written again by the next run
-        return outputs[top["values"]].numpy().copy(), outputs[top["ids"]].numpy().copy()
+        self.outputs = {n: v.numpy().copy() for n, v in zip(self.output_names, self.binding.get_outputs())}
+        top = self.io["top_k"]
+        return self.outputs[top["values"]], self.outputs[top["ids"]]
 
 
 def _webgpu_device(ort):

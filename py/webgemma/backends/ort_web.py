@@ -159,6 +159,7 @@ class OrtWebBackend:
         limit = (self.adapter or {}).get("max_storage_buffer_binding_size", 128 * 2**20)
         context = min([context] + [limit // (4 * c["num_key_value_heads"] * c["head_dim"]) for c in io["cache"]])
         caches = [c | {"type": "float32"} for c in step_caches(io, context)]
+        rows = [{"name": c["output"], "type": "float32", "dims": [1, c["dims"][1], 1, c["dims"][3]]} for c in caches]
         k = io["top_k"]["k"]
         outputs = [{"name": io["top_k"]["values"], "type": "float32", "dims": [1, k]},
                    {"name": io["top_k"]["ids"], "type": "int64", "dims": [1, k]}]
@@ -166,7 +167,7 @@ class OrtWebBackend:
         session_options = {"executionProviders": [{"name": "webgpu"}], "graphOptimizationLevel": "disabled",
                            "preferredOutputLocation": "gpu-buffer"}
         step = await browser.ort_step_session(self._ort, model, dict(external_data), session_options,
-                                              {"caches": caches, "outputs": outputs})
+                                              {"caches": caches, "rows": rows, "outputs": outputs})
         self._steps.append(step)  # released with this backend
         return WebStepSession(step, caches, k)
 
