@@ -77,7 +77,7 @@ def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, f
             views[SHARED_SLIDING] = _length_inputs(g, io, SHARED_SLIDING)
 
     ple_layers = split_per_layer(ctx, ple, range(0, arch.num_layers if static_cache else first_shared))
-    cache_out: dict[int, tuple[str, str]] = {}
+    cache_out: dict[int, tuple[str, ...]] = {}  # prefill: the presents; step: (caches..., new rows...)
     for i in range(arch.num_layers):
         kind, shared = arch.layer_types[i], i >= first_shared
         if i == first_shared and not static_cache:  # one position already in the step graph
