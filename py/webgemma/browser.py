@@ -492,9 +492,9 @@ class JsStepSession:
     def __init__(self, step: Any) -> None:
         self._s = step
 
-    def copy(self, copies: list[tuple[str, int, JsTensor | str | None, int, int]]) -> None:
-        """(cache name, byte offset, source: a tensor, one of the session's outputs by name, or None for the cache
-        itself, source byte offset, bytes)."""
+    def copy(self, copies: list[tuple[str, int, JsTensor | str, int, int]]) -> None:
+        """(cache name, byte offset, source: a tensor or one of the session's outputs by name, source byte offset,
+        bytes)."""
         rows = [[dst, at, src._t.gpuBuffer if isinstance(src, JsTensor) else src, src_at, n]
                 for dst, at, src, src_at, n in copies]
         self._s.copy(to_js(rows))

@@ -23,9 +23,8 @@ from .manifest import FULL, SLIDING
 
 @dataclass(frozen=True)
 class Copy:
-    """Copy `rows` positions of every KV head into cache `dst` from row `dst_row` on. The source is a prefill
-    present (a device handle, `src_rows` long), the name of one of the step's own outputs (its new row), or, where
-    `src` is None, the same fixed cache."""
+    """Copy `rows` positions of every KV head into cache `dst` from row `dst_row` on. The source, `src_rows` long,
+    is a prefill present (a device handle) or the name of one of the step's own outputs (its new row)."""
 
     dst: str
     dst_row: int

@@ -94,30 +94,12 @@ class StepSession {
     return this.ort.Tensor.fromGpuBuffer(buffer, { dataType: type, dims });
   }
 
-  // copies: [[dst, dstOffset, src (a GPUBuffer, the name of one of this session's outputs, or null for the same
-  // cache), srcOffset, bytes]]. WebGPU does not copy within one buffer, so those go through a scratch buffer.
+  // copies: [[dst cache, dstOffset, src (a GPUBuffer, or the name of one of this session's outputs), srcOffset, bytes]]
   copy(copies) {
     const encoder = this.device.createCommandEncoder();
-    const within = copies.filter(([, , src]) => !src);
-    const total = within.reduce((sum, [, , , , bytes]) => sum + bytes, 0);
-    if (total > (this.scratch?.size ?? 0)) {
-      this.scratch?.destroy();
-      this.scratch = this.device.createBuffer({ size: total, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
-    }
-    let at = 0;
-    for (const [dst, , , srcOffset, bytes] of within) {
-      encoder.copyBufferToBuffer(this.buffers.get(dst), srcOffset, this.scratch, at, bytes);
-      at += bytes;
-    }
-    at = 0;
     for (const [dst, dstOffset, src, srcOffset, bytes] of copies) {
-      if (src) {
-        const from = typeof src === 'string' ? this.buffers.get(src) : src;
-        encoder.copyBufferToBuffer(from, srcOffset, this.buffers.get(dst), dstOffset, bytes);
-      } else {
-        encoder.copyBufferToBuffer(this.scratch, at, this.buffers.get(dst), dstOffset, bytes);
-        at += bytes;
-      }
+      const from = typeof src === 'string' ? this.buffers.get(src) : src;
+      encoder.copyBufferToBuffer(from, srcOffset, this.buffers.get(dst), dstOffset, bytes);
     }
     this.device.queue.submit([encoder.finish()]);
   }
@@ -157,6 +139,5 @@ class StepSession {
     await this.session.release();
     for (const buffer of new Set(this.buffers.values())) buffer.destroy();
     this.staging.destroy();
-    this.scratch?.destroy();
   }
 }

@@ -101,7 +101,7 @@ class NativeStepSession:
     async def copy(self, copies) -> None:
         for c in copies:
             dst = self.caches[c.dst]
-            src = dst if c.src is None else self.outputs[c.src] if isinstance(c.src, str) else np.asarray(c.src)
+            src = self.outputs[c.src] if isinstance(c.src, str) else np.asarray(c.src)
             dst[:, :, c.dst_row:c.dst_row + c.rows] = src[:, :, c.src_row:c.src_row + c.rows]
 
     async def run(self, feeds: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -238,9 +238,8 @@ class WebStepSession:
         rows = []
         for c in copies:
             _, heads, slots, dim = self._dims[c.dst]
-            src_rows = slots if c.src is None else c.src_rows
             for h in range(heads if c.rows else 0):  # [1, heads, slots, dim] float32: one run of rows per head
-                rows.append((c.dst, 4 * dim * (h * slots + c.dst_row), c.src, 4 * dim * (h * src_rows + c.src_row),
+                rows.append((c.dst, 4 * dim * (h * slots + c.dst_row), c.src, 4 * dim * (h * c.src_rows + c.src_row),
                              4 * dim * c.rows))
         self._step.copy(rows)
 
