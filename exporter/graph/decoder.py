@@ -94,7 +94,7 @@ def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, f
                 view = views[kind]
             h, present = _decoder_layer(ctx, h, i, ropes[kind], view, past, shared, ple_layers[i])
             if not shared:
-                rows = _cache_outputs(g, io, arch, i, present, keep_window=not static_cache)
+                rows = _cache_outputs(g, io, arch, i, present, step=static_cache)
                 cache_out[i] = (*past, *rows) if static_cache else rows
 
     with g.scope("final"):
@@ -158,10 +158,12 @@ def _cache_inputs(g: GraphBuilder, io: DecoderIO, arch, i: int) -> tuple[str, st
     return g.input(f"past_key_values.{i}.key", np.float32, shape), g.input(f"past_key_values.{i}.value", np.float32, shape)
 
 
-def _cache_outputs(g: GraphBuilder, io: DecoderIO, arch, i: int, present: list[str], keep_window: bool) -> tuple[str, str]:
+def _cache_outputs(g: GraphBuilder, io: DecoderIO, arch, i: int, present: list[str], step: bool) -> tuple[str, str]:
+    """The presents as graph outputs: the prefill graph's caches (a sliding layer's cut to its window), or the step
+    graph's new key/value rows."""
     kind = arch.layer_types[i]
-    window = arch.sliding_window if kind == SLIDING and keep_window else None
-    rows = 1 if not keep_window else f"present_sequence.{i}"  # the step graph's presents are the new rows
+    window = arch.sliding_window if kind == SLIDING and not step else None
+    rows = 1 if step else f"present_sequence.{i}"
     shape = [1, arch.num_kv_heads[kind], rows, arch.head_dim[kind]]
     outs = []
     for part, value in zip(("key", "value"), present):
