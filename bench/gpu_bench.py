@@ -156,7 +156,7 @@ def pages(a) -> None:
             sampler.gpu_mib = 0
             r = page(query, **dict(kv.split("=") for kv in query.split("&")))
             out[query] = {k: r.get(k) for k in ("tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "load_ms", "ms_per_step",
-                                                "step_times", "graph_capture")} | {"first_tokens": r["output_ids"][:16],
+                                                "step_times", "graph_capture", "load_phases_ms", "prefill_ms")} | {"first_tokens": r["output_ids"][:16],
                                                                                    "peak_gpu_mib": sampler.gpu_mib}
     record(a, f"{a.kind}/pages", out)
 
@@ -187,6 +187,7 @@ def browser(a) -> None:
         "first_tokens": long[contexts[-1]]["output_ids"][:32],
         "ms_per_step": {n: long[n].get("ms_per_step") for n in contexts[1:]},
         "page_memory": warm["memory"],
+        "load_phases_ms": warm.get("load_phases_ms"), f"prefill_ms_{a.prompt}": ttft.get("prefill_ms"),
         "peak_rss_gib": {k: round(v / 2**20, 2) for k, v in sampler.rss.items()},
     })
 

@@ -25,13 +25,14 @@ H, FF, VOCAB, HEADS = 1536, 6144, 262144, 8
 F32, I32, I64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
 
 
-def matmul_nbits(k: int, n: int, copies: int, block: int = 32, accuracy_level: int = 0):
+def matmul_nbits(k: int, n: int, copies: int, block: int = 32, accuracy_level: int = 0, rows: int = 1):
+    """`rows` tokens at once: 1 in a decode step, the chunk's length in a prefill."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.integers(0, 255, (n, k // block, block // 2), dtype=np.uint8), "w"),
              numpy_helper.from_array(rng.random((n * k // block,), dtype=np.float32) * 0.01, "s")]
     nodes = [helper.make_node("MatMulNBits", ["x", "w", "s"], [f"y{i}"], domain="com.microsoft", K=k, N=n, bits=4,
                               block_size=block, accuracy_level=accuracy_level) for i in range(copies)]
-    return nodes, inits, {"x": (F32, [1, 1, k])}, {f"y{i}": (F32, [1, 1, n]) for i in range(copies)}
+    return nodes, inits, {"x": (F32, [1, rows, k])}, {f"y{i}": (F32, [1, rows, n]) for i in range(copies)}
 
 
 def top_k(copies: int):
@@ -115,6 +116,10 @@ CASES = {
     "MatMulNBits int4 1536→2048 (q)": lambda r: matmul_nbits(H, 2048, r),
     # the tied lm_head is exported as two MatMulNBits of 131072 rows (a binding holds at most 128 MiB)
     "MatMulNBits int4 1536→131072 (lm_head half)": lambda r: matmul_nbits(H, VOCAB // 2, r),
+    # prefill: a 512-token chunk (the page's default), where most of a prompt's time goes
+    "MatMulNBits int4 1536→6144, 512 rows": lambda r: matmul_nbits(H, FF, r, rows=512),
+    "MatMulNBits int4 6144→1536, 512 rows": lambda r: matmul_nbits(FF, H, r, rows=512),
+    "MatMulNBits int4 1536→6144, 512 rows, accuracy_level 4": lambda r: matmul_nbits(H, FF, r, accuracy_level=4, rows=512),
     "TopK 64 of 262144": top_k,
     "TopK 64 of 262144, two stages (512 rows)": top_k_two_stage,
     "TopK 64 of 262144, two stages (64 rows)": lambda r: top_k_two_stage(r, 64),

@@ -352,6 +352,15 @@ class CachedFile:
         return (await self._blob.slice(start, start + length).arrayBuffer()).to_bytes()
 
 
+async def read_ranges(ranges: list[tuple[CachedFile, int, int]]) -> bytes:
+    """The bytes of many (file, start, length) ranges, concatenated, read in one call."""
+    for file, start, length in ranges:
+        if start < 0 or length < 0 or start + length > file.size:
+            raise ValueError(f"{file.name}: bytes [{start}, {start + length}) outside the file's {file.size} bytes")
+    spans = [[file._blob, start, start + length] for file, start, length in ranges]
+    return (await (await _import(STORE_BRIDGE)).readRanges(to_js(spans))).to_bytes()
+
+
 async def cache_info(cache: str, url: str) -> tuple[int, str] | None:
     """(size, sha256 recorded by `cache_mark_verified` or "") of the cached entry for `url`; None if absent."""
     info = await (await _import(STORE_BRIDGE)).cachedInfo(cache, url)
@@ -441,10 +450,12 @@ class JsSession:
         self.input_names = [str(n) for n in session.inputNames]
         self.output_names = [str(n) for n in session.outputNames]
         self.log = log
+        self.weights: Any = None  # WeightBuffers.feeds(...): inputs given to every run (the weights on WebGPU)
 
     async def run(self, feeds: dict[str, np.ndarray | JsTensor]) -> dict[str, JsTensor]:
-        """Runs with numpy or JsTensor feeds; every output comes back as a JsTensor (read with `to_numpy`)."""
-        js_feeds = js.Object.new()
+        """Runs with numpy or JsTensor feeds (and `weights`); every output comes back as a JsTensor (read with
+        `to_numpy`)."""
+        js_feeds = js.Object.assign(js.Object.new(), self.weights) if self.weights else js.Object.new()
         for name, v in feeds.items():
             js.Reflect.set(js_feeds, name, v._t if isinstance(v, JsTensor) else _to_js_tensor(self._ort, v))
         results = await self._s.run(js_feeds)
@@ -486,6 +497,52 @@ def _session_options(options: dict, external_data: dict[str, CachedFile | bytes]
     return opts
 
 
+class WeightBuffers:
+    """Weights uploaded to the GPU once (ort_bridge.mjs uploadWeights), fed to every session that names them."""
+
+    def __init__(self, ort: Any, bridge: Any) -> None:
+        self._ort, self._bridge = ort, bridge
+        self._buffers = js.Map.new()
+        self._filling: list[Any] = []  # promises of the bytes still being written
+
+    @classmethod
+    async def create(cls, ort: Any) -> WeightBuffers:
+        return cls(ort, await _import(ORT_BRIDGE))
+
+    async def upload(self, files: dict[str, CachedFile | bytes], weights: list) -> None:
+        """Creates the buffers of the `weights` (webgemma.onnx_bytes.ExternalWeight) not uploaded yet and starts
+        writing their bytes from `files` (path → file); `ready` waits for the bytes."""
+        missing = sorted({w.location for w in weights} - set(files))
+        if missing:
+            raise ValueError(f"the graph's weights are in files the manifest does not list: {missing}")
+        js_files = js.Map.new()
+        for path, data in files.items():
+            js_files.set(path, data._blob if isinstance(data, CachedFile) else to_js(data))
+        try:
+            started = await self._bridge.uploadWeights(self._ort, js_files,
+                                                       to_js([[w.location, w.offset, w.length] for w in weights]),
+                                                       self._buffers)
+        except JsException as e:
+            raise RuntimeError(f"could not upload the weights to the GPU: {e}") from None
+        self._filling.append(started.done)
+
+    async def ready(self) -> None:
+        """Waits until every weight's bytes are written."""
+        while self._filling:
+            try:
+                await self._filling.pop()
+            except JsException as e:
+                raise RuntimeError(f"could not upload the weights to the GPU: {e}") from None
+
+    def feeds(self, weights: list) -> Any:
+        """{input name: onnxruntime-web tensor} for `weights`, as a JS object."""
+        rows = [[w.name, w.location, w.offset, w.ort_type, list(w.dims)] for w in weights]
+        return self._bridge.weightFeeds(self._ort, self._buffers, to_js(rows))
+
+    def destroy(self) -> None:
+        self._bridge.destroyBuffers(self._buffers)
+
+
 class JsStepSession:
     """The bridge's StepSession: a graph-captured session over fixed GPU buffers (see ort_bridge.mjs)."""
 
@@ -510,13 +567,13 @@ class JsStepSession:
         await self._s.release()
 
 
-async def ort_step_session(ort: Any, model: bytes, external_data: dict[str, CachedFile | bytes], options: dict,
-                           spec: dict) -> JsStepSession:
-    """A StepSession (graph capture on) over `model`; `spec` names its fixed cache and output buffers."""
+async def ort_step_session(ort: Any, model: bytes, weights: Any, options: dict, spec: dict) -> JsStepSession:
+    """A StepSession (graph capture on) over `model`, whose weights are inputs fed with `weights`
+    (WeightBuffers.feeds); `spec` names its fixed cache and output buffers."""
     bridge = await _import(ORT_BRIDGE)
     try:
-        step = await bridge.createStepSession(ort, to_js(model), _session_options(options, external_data),
-                                              to_js(spec, dict_converter=js.Object.fromEntries))
+        step = await bridge.createStepSession(ort, to_js(model), _session_options(options, {}),
+                                              to_js(spec, dict_converter=js.Object.fromEntries), weights)
     except JsException as e:
         raise RuntimeError(f"onnxruntime-web could not create the step session: {e}") from None
     return JsStepSession(step)

@@ -75,6 +75,10 @@ class Engine:
         self.max_context = min(self.max_context, self.static.capacity())
         self.reset()
 
+    async def record_step(self) -> None:
+        """Runs the step session on a throwaway token (see StaticDecoder.rehearse); the cache is untouched."""
+        await self.static.rehearse(await self._token_feeds([0]))
+
     def reset(self) -> None:
         """Forget the cache: zero-length past tensors (always fed, never omitted: see DESIGN.md on GQA)."""
         self._release(self.cache)
@@ -204,7 +208,7 @@ class Engine:
             history.append(token)
             if decode_start is None:
                 decode_start = time.perf_counter()
-                self.timing = {"rows": 0.0, "run": 0.0, "steps": 0}
+                prefill_timing, self.timing = self.timing, {"rows": 0.0, "run": 0.0, "steps": 0}
             if token in stop_ids:
                 result.finish_reason = "stop"
                 break
@@ -236,6 +240,9 @@ class Engine:
             # where a decode step's time goes: reading table rows, the graph run (with read-back), the rest
             "ms_per_step": {k: 1000 * v / max(self.timing["steps"], 1) for k, v in self.timing.items() if k != "steps"}
             | {"total": 1000 * (t_end - decode_start) / max(decoded, 1)},
+            # the prompt's runs: reading table rows, the graph runs, in all
+            "prefill_ms": {"rows": 1000 * prefill_timing["rows"], "run": 1000 * prefill_timing["run"],
+                           "runs": prefill_timing["steps"]},
         }
         return result
 

@@ -6,7 +6,6 @@ cache: chat text repeats tokens, and a decode step then costs no storage read at
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 
 import numpy as np
@@ -24,25 +23,27 @@ class PerLayerRows:
         self.cache: OrderedDict[int, bytes] = OrderedDict()
         self.cache_rows = cache_rows
 
-    async def _row(self, token: int) -> bytes:
-        row = self.cache.get(token)
-        if row is None:
-            if not 0 <= token < self.table["rows"]:
-                raise ValueError(f"token id {token} is outside the per-layer table ({self.table['rows']} rows)")
-            per_file = self.table["rows_per_file"]
-            entry = self.table["files"][token // per_file]
-            row = await self.store.read_range(entry["path"], (token % per_file) * self.row_bytes, self.row_bytes)
-            self.cache[token] = row
-            if len(self.cache) > self.cache_rows:
-                self.cache.popitem(last=False)
-        else:
-            self.cache.move_to_end(token)
-        return row
+    async def _rows(self, tokens: list[int]) -> dict[int, bytes]:
+        """The rows of the distinct `tokens`: cached ones, the rest read from the store in one call."""
+        missing = [t for t in tokens if t not in self.cache]
+        for t in missing:
+            if not 0 <= t < self.table["rows"]:
+                raise ValueError(f"token id {t} is outside the per-layer table ({self.table['rows']} rows)")
+        per_file = self.table["rows_per_file"]
+        ranges = [(self.table["files"][t // per_file]["path"], (t % per_file) * self.row_bytes, self.row_bytes)
+                  for t in missing]
+        read = dict(zip(missing, await self.store.read_ranges(ranges))) if missing else {}
+        rows = {}
+        for t in tokens:
+            rows[t] = self.cache[t] = read[t] if t in read else self.cache[t]
+            self.cache.move_to_end(t)
+        while len(self.cache) > self.cache_rows:
+            self.cache.popitem(last=False)
+        return rows
 
     async def feeds(self, ids: list[int]) -> dict[str, np.ndarray]:
         """Graph inputs for the tokens `ids` (one chunk)."""
-        unique = list(dict.fromkeys(ids))
-        rows = dict(zip(unique, await asyncio.gather(*(self._row(t) for t in unique))))
+        rows = await self._rows(list(dict.fromkeys(ids)))
         block = np.frombuffer(b"".join(rows[t] for t in ids), dtype=np.uint8).reshape(len(ids), self.row_bytes)
         if not self.quantized:
             return {self.rows_name: block.view(self.table["format"]).astype(np.float32)}

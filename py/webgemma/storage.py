@@ -14,3 +14,6 @@ class ModelStore(Protocol):
 
     async def read_range(self, path: str, start: int, length: int) -> bytes:
         """`length` bytes at `start` of a file: per-layer embedding rows are read this way, never whole."""
+
+    async def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
+        """Many (path, start, length) ranges at once: a prompt's rows in one storage call, not one each."""

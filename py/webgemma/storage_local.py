@@ -22,3 +22,6 @@ class LocalStore:
         if len(data) != length:
             raise OSError(f"{self.folder / path} is truncated: wanted {length} bytes at {start}")
         return data
+
+    async def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
+        return [await self.read_range(path, start, length) for path, start, length in ranges]

@@ -58,6 +58,7 @@ class EnsureReport:
     verified_bytes: int = 0
     download_seconds: float = 0.0
     verify_seconds: float = 0.0
+    phases_ms: dict[str, float] = field(default_factory=dict)  # open_web_model: where loading went (files, session, ...)
 
 
 class ModelFileError(RuntimeError):
@@ -193,6 +194,14 @@ class WebModelStore:
 
     async def read_range(self, path: str, start: int, length: int) -> bytes:
         return await self.file(path).read(start, length)
+
+    async def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
+        data = await browser.read_ranges([(self.file(path), start, length) for path, start, length in ranges])
+        out, at = [], 0
+        for _, _, length in ranges:
+            out.append(data[at:at + length])
+            at += length
+        return out
 
     async def _read_unlisted(self, path: str) -> bytes:
         """A file outside the verified list (the manifest): network first, the cached copy when offline."""

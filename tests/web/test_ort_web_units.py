@@ -8,7 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tiny_web_model import cpu_op_graph, decoder_graph
 from webgemma import browser
-from webgemma.backends.ort_web import Placement, graph_output_names
+from webgemma.backends.ort_web import Placement
+from webgemma.onnx_bytes import graph_output_names
 from webgemma.storage_web import ModelFile, Progress
 
 

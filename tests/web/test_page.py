@@ -56,13 +56,13 @@ def test_page_generates_the_cli_tokens(sites, offline_context, quant, backend):
     tokens = WEBGPU_TOKENS + 8 * capture if backend == "webgpu" else WASM_TOKENS
     context, _ = offline_context(site.url)
     page = context.new_page()
-    result = run_page(page, site, backend=backend, max_new_tokens=tokens, verbose="1", capture=str(int(capture)))
+    result = run_page(page, site, backend=backend, max_new_tokens=tokens, verbose="1", **({} if capture else {"capture": "0"}))
     expected = cli_json(model, tokens)
     assert result.get("error") is None, result
     assert result["backend"] == backend
     assert (result["prompt_ids"], result["output_ids"], result["text"]) == (expected["prompt_ids"], expected["output_ids"], expected["text"])
     assert result["tokens_per_s"] > 0 and result["ttft_ms"] > 0 and result["prefill_tokens_per_s"] > 0
-    # with capture=1 the tokens after the first come from the graph-captured step session (webgemma.static_cache)
+    # by default the tokens after the first come from the graph-captured step session (webgemma.static_cache)
     assert result["graph_capture"] == capture
     if backend == "webgpu":
         placement = page.evaluate("window.webgemmaPlacement")
@@ -132,11 +132,12 @@ def test_prompt_past_the_context_limit_gets_a_message(sites, offline_context):
     assert page.is_enabled("#prompt")  # the page stays usable
 
 
-def test_chat_turns_by_keyboard_reuse_the_cache_and_stop_works(sites, offline_context):
+@pytest.mark.parametrize("backend", ["wasm", "webgpu"])
+def test_chat_turns_by_keyboard_reuse_the_cache_and_stop_works(sites, offline_context, backend):
     _, site = sites["int4"]
     context, _ = offline_context(site.url)
     page = context.new_page()
-    page.goto(site.url + "?backend=wasm&temperature=0&max_new_tokens=8")
+    page.goto(site.url + f"?backend={backend}&temperature=0&max_new_tokens=8")
     page.wait_for_selector("#prompt:not([disabled])", timeout=RESULT_TIMEOUT_MS)
     page.focus("#prompt")
     page.keyboard.type("First question")

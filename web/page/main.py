@@ -7,7 +7,7 @@ URL parameters, for tests and benchmarks: model=URL prompt=TEXT max_new_tokens=N
 seed=S raw=1 system=TEXT thinking=1 autorun=1 backend=webgpu|wasm max_context=N verify=1 (hash cached files again)
 verbose=1 (record onnxruntime's node placement) prefill_chunk=N; for benchmarks prompt_tokens=N (a synthetic raw
 prompt of N token ids), ignore_stop=1 (generate max_new_tokens whatever is sampled) and prefill_limit=N|0 (override
-the backend's causal_prefill_limit; 0 lifts it), capture=1 (decode through the graph-captured step session). With
+the backend's causal_prefill_limit; 0 lifts it), capture=0 (decode without the graph-captured step session). With
 autorun the page generates once and sets
 window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, ...}
 (or {error} when it cannot).
@@ -145,7 +145,7 @@ def synthetic_prompt(tokenizer, length: int) -> list[int]:
     return [tokenizer.token_to_id("<bos>")] + [first + (i * 7919) % (tokenizer.vocab_size - first) for i in range(length - 1)]
 
 
-async def autorun(page: ChatPage, params: dict, load_ms: float) -> None:
+async def autorun(page: ChatPage, params: dict, load_ms: dict) -> None:
     if params.get("ignore_stop") == "1":
         page.model.generator.stop_token_ids = []
     if "prompt_tokens" in params:
@@ -160,7 +160,8 @@ async def autorun(page: ChatPage, params: dict, load_ms: float) -> None:
     browser.set_global("webgemmaResult", {
         "prompt_ids": outcome.prompt_ids, "output_ids": outcome.output_ids, "text": outcome.text,
         "finish_reason": outcome.finish_reason, "backend": page.backend.name, "ttft_ms": s["ttft_ms"],
-        "tokens_per_s": s["tokens_per_s"], "prefill_tokens_per_s": s["prefill_tokens_per_s"], "load_ms": load_ms,
+        "tokens_per_s": s["tokens_per_s"], "prefill_tokens_per_s": s["prefill_tokens_per_s"],
+        "load_ms": load_ms["total"], "load_phases_ms": load_ms, "prefill_ms": s["prefill_ms"],
         "memory": browser.memory_usage(), "ms_per_step": s["ms_per_step"], "graph_capture": s["graph_capture"],
         "step_times": browser.get_global("webgemmaStepTimes"),
     })
@@ -182,7 +183,7 @@ async def start(site: dict, env: dict, params: dict) -> None:
         params.get("model") or site["model_url"], ep=params.get("backend", "auto"), on_progress=on_progress,
         reverify=params.get("verify") == "1", verbose_log=params.get("verbose") == "1",
         max_context=int(params["max_context"]) if "max_context" in params else None,
-        prefill_chunk=int(params.get("prefill_chunk", 512)), capture=params.get("capture") == "1")
+        prefill_chunk=int(params.get("prefill_chunk", 512)), capture=params.get("capture") != "0")
     load_ms = (time.perf_counter() - t0) * 1000
     if "prefill_limit" in params:
         backend.causal_prefill_limit = int(params["prefill_limit"]) or None
@@ -199,7 +200,7 @@ async def start(site: dict, env: dict, params: dict) -> None:
     status(f"ready: {model.manifest.raw['source']['checkpoint']} ({quant}) on {backend.name}, loaded in {load_ms / 1000:.1f} s")
     page.enable(True)
     if params.get("autorun") == "1":
-        await autorun(page, params, load_ms)
+        await autorun(page, params, report.phases_ms | {"total": load_ms})
 
 
 async def main() -> None:

@@ -53,6 +53,60 @@ export async function tensorBytes(tensor) {
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
 }
 
+// Weights as graph inputs (webgemma.onnx_bytes): each is uploaded once and the same GPU buffer is fed to every
+// session. weights: [[file, offset, length]]; files: Map path → Blob or bytes; buffers: "file@offset" → GPUBuffer,
+// the map of earlier uploads, extended. The buffers exist when this returns, so sessions can be created and run
+// over them at once; their bytes follow (`done`), two files in memory at a time (one read while one is copied).
+export async function uploadWeights(ort, files, weights, buffers) {
+  const device = await ort.env.webgpu.device;
+  const todo = new Map();  // path → [[offset, length, buffer]]
+  for (const [path, offset, length] of weights) {
+    const key = `${path}@${offset}`;
+    if (buffers.has(key)) continue;
+    const buffer = device.createBuffer({
+      size: Math.max(16, Math.ceil(length / 16) * 16),
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+    });
+    buffers.set(key, buffer);
+    if (!todo.has(path)) todo.set(path, []);
+    todo.get(path).push([offset, length, buffer]);
+  }
+  return { done: fillWeights(device, files, todo) };  // wrapped: awaiting this call does not wait for the bytes
+}
+
+async function fillWeights(device, files, todo) {
+  const read = (file) => file instanceof Blob ? file.arrayBuffer().then((b) => new Uint8Array(b)) : Promise.resolve(file);
+  const paths = [...todo.keys()];
+  let next = paths.length ? read(files.get(paths[0])) : null;
+  for (let i = 0; i < paths.length; i++) {
+    const data = await next;
+    next = i + 1 < paths.length ? read(files.get(paths[i + 1])) : null;
+    for (const [offset, length, buffer] of todo.get(paths[i])) {
+      if (length % 4 === 0) {
+        device.queue.writeBuffer(buffer, 0, data, offset, length);
+      } else {  // writeBuffer takes whole 4-byte words
+        const padded = new Uint8Array(Math.ceil(length / 4) * 4);
+        padded.set(data.subarray(offset, offset + length));
+        device.queue.writeBuffer(buffer, 0, padded);
+      }
+    }
+  }
+}
+
+// weights: [[input name, file, offset, type, dims]] → {input name: tensor over its uploaded buffer}
+export function weightFeeds(ort, buffers, weights) {
+  const feeds = {};
+  for (const [name, path, offset, dataType, dims] of weights) {
+    feeds[name] = ort.Tensor.fromGpuBuffer(buffers.get(`${path}@${offset}`), { dataType, dims });
+  }
+  return feeds;
+}
+
+export function destroyBuffers(buffers) {
+  for (const buffer of buffers.values()) buffer.destroy();
+  buffers.clear();
+}
+
 // Step decoding under graph capture (webgemma.static_cache): onnxruntime records the step graph's GPU commands
 // once and replays them, so every input and output must be the same GPU buffer on every run. The graph reads the
 // caches; its new key/value rows stay on the GPU and are copied into their slots (`copy`); the other inputs are
@@ -60,21 +114,21 @@ export async function tensorBytes(tensor) {
 const SIZES = { float32: 4, int64: 8, int32: 4, uint8: 1 };
 const byteSize = (type, dims) => dims.reduce((a, b) => a * b, 1) * SIZES[type];
 
-export async function createStepSession(ort, model, options, spec) {
+export async function createStepSession(ort, model, options, spec, weights) {
   const session = await ort.InferenceSession.create(model, { ...options, enableGraphCapture: true });
-  return new StepSession(ort, session, await ort.env.webgpu.device, spec);
+  return new StepSession(ort, session, await ort.env.webgpu.device, spec, weights);
 }
 
 class StepSession {
   // spec.caches: [{input, type, dims}]; spec.rows: [{name, type, dims}], outputs kept on the GPU;
-  // spec.outputs: [{name, type, dims}], read back in this order. The other inputs get their buffers on the first
-  // run, from what it writes.
-  constructor(ort, session, device, spec) {
+  // spec.outputs: [{name, type, dims}], read back in this order; weights: {input name: tensor} (uploadWeights,
+  // shared with other sessions). The other inputs get their buffers on the first run, from what it writes.
+  constructor(ort, session, device, spec, weights) {
     this.ort = ort;
     this.session = session;
     this.device = device;
     this.buffers = new Map();
-    this.feeds = {};
+    this.feeds = { ...weights };
     this.fetches = {};
     for (const { input, type, dims } of spec.caches) this.feeds[input] = this.tensor(input, type, dims);
     for (const { name, type, dims } of [...spec.rows, ...spec.outputs]) this.fetches[name] = this.tensor(name, type, dims);

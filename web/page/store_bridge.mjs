@@ -72,3 +72,16 @@ export async function storageEstimate() {
   const persisted = await navigator.storage?.persist?.().catch(() => false);
   return { usage: e?.usage ?? 0, quota: e?.quota ?? 0, persisted: !!persisted };
 }
+
+// Many byte ranges of cached files in one call (a prompt's per-layer rows): [[blob, start, end]] → the ranges'
+// bytes concatenated in order, one Uint8Array (one crossing into Python instead of one per range).
+export async function readRanges(ranges) {
+  const parts = await Promise.all(ranges.map(([blob, start, end]) => blob.slice(start, end).arrayBuffer()));
+  const out = new Uint8Array(parts.reduce((n, part) => n + part.byteLength, 0));
+  let at = 0;
+  for (const part of parts) {
+    out.set(new Uint8Array(part), at);
+    at += part.byteLength;
+  }
+  return out;
+}

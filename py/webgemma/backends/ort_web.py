@@ -3,7 +3,9 @@ adapter, else the CPU wasm EP (`ort.wasm.min.mjs`, whose wasm has GatherBlockQua
 wasm EP lacks it).
 
 Outputs that Python reads (logits) come back as numpy; every other output (the KV cache) stays where it was
-computed, as a `JsTensor` that can be fed back and must be released.
+computed, as a `JsTensor` that can be fed back and must be released. With a step session (graph capture) the
+weights are graph inputs (webgemma.onnx_bytes), uploaded once and fed to both sessions: onnxruntime-web would keep
+a copy per session.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from .. import browser
 from ..browser import CachedFile, JsTensor
+from ..onnx_bytes import ExternalWeight, graph_output_names, weights_as_inputs
 from ..static_cache import step_caches
 
 ORT_URL = "vendor/ort/"  # relative to the page; the site builder puts onnxruntime-web there
@@ -99,6 +102,7 @@ class OrtWebBackend:
         self._session = session
         self._ort = ort  # the onnxruntime-web module, for further sessions (the step session)
         self._steps: list[browser.JsStepSession] = []
+        self.weights: browser.WeightBuffers | None = None  # on WebGPU, shared by the sessions
         self.name = name  # "webgpu" or "wasm"
         self.notice = notice  # why wasm was chosen, when it was chosen for want of WebGPU
         self.adapter = adapter  # the WebGPU adapter's vendor, architecture, limits (None on wasm)
@@ -120,6 +124,7 @@ class OrtWebBackend:
         verbose_log: bool = False,
         ort_url: str = ORT_URL,
         num_threads: int | None = None,
+        shared_weights: bool = False,
     ) -> OrtWebBackend:
         """A session over `model` (the .onnx bytes) whose external-data files are `external_data`, keyed by the
         tensors' `location` exactly (e.g. "weights/decoder-00.bin").
@@ -128,6 +133,7 @@ class OrtWebBackend:
         graph_optimization: "disabled" | "basic" | "extended" | "layout" | "all" (the exporter writes fused graphs).
         disabled_optimizers: ORT optimizers switched off by name, e.g. ["ConstantFolding"] keeps a shared weight single.
         verbose_log: record ORT's verbose log during creation (`creation_log`, `placement`).
+        shared_weights: on WebGPU, upload the weights ourselves, for a step session to share (`step_session`).
         """
         name, notice, adapter = await pick_ep(ep)
         if notice:
@@ -145,15 +151,28 @@ class OrtWebBackend:
         if verbose_log:
             options["logSeverityLevel"] = 0
             options["logVerbosityLevel"] = 0
-        session = await browser.ort_session(ort, model, dict(external_data or {}), options, verbose=verbose_log)
-        return cls(session, name, notice, host_outputs, adapter, ort)
+        if name != "webgpu" or not shared_weights:
+            session = await browser.ort_session(ort, model, dict(external_data or {}), options, verbose=verbose_log)
+            return cls(session, name, notice, host_outputs, adapter, ort)
+        # the weights become inputs, uploaded by us, so that the step session shares them (one GPU copy)
+        model, weights = weights_as_inputs(model)
+        session = await browser.ort_session(ort, model, {}, options, verbose=verbose_log)
+        backend = cls(session, name, notice, host_outputs, adapter, ort)
+        backend.weights = await browser.WeightBuffers.create(ort)
+        session.weights = await backend._weight_feeds(weights, external_data or {})
+        backend.input_names = [n for n in session.input_names if n not in {w.name for w in weights}]
+        return backend
+
+    async def _weight_feeds(self, weights: list[ExternalWeight], files: Mapping[str, CachedFile | bytes]) -> Any:
+        await self.weights.upload(dict(files), weights)
+        return self.weights.feeds(weights)
 
     async def step_session(self, model: bytes, external_data: Mapping[str, CachedFile | bytes], manifest,
                            context: int) -> WebStepSession:
-        """The step graph under graph capture (WebGPU only), its caches fixed buffers for `context` tokens (fewer
-        where the adapter cannot bind a cache that large)."""
-        if self.name != "webgpu":
-            raise ValueError("graph capture needs the WebGPU EP")
+        """The step graph under graph capture (WebGPU only), fed the weights the prefill session uses (one GPU copy),
+        its caches fixed buffers for `context` tokens (fewer where the adapter cannot bind a cache that large)."""
+        if self.weights is None:
+            raise ValueError("a step session needs the WebGPU EP and a backend created with shared_weights")
         io = manifest.decoder
         # each cache is one buffer: a global layer's must fit the adapter's largest storage binding
         limit = (self.adapter or {}).get("max_storage_buffer_binding_size", 128 * 2**20)
@@ -166,8 +185,9 @@ class OrtWebBackend:
         # the EP only gets its enableGraphCapture option when it is named by an object, not by a string
         session_options = {"executionProviders": [{"name": "webgpu"}], "graphOptimizationLevel": "disabled",
                            "preferredOutputLocation": "gpu-buffer"}
-        step = await browser.ort_step_session(self._ort, model, dict(external_data), session_options,
-                                              {"caches": caches, "rows": rows, "outputs": outputs})
+        model, weights = weights_as_inputs(model)
+        step = await browser.ort_step_session(self._ort, model, await self._weight_feeds(weights, external_data),
+                                              session_options, {"caches": caches, "rows": rows, "outputs": outputs})
         self._steps.append(step)  # released with this backend
         return WebStepSession(step, caches, k)
 
@@ -183,6 +203,8 @@ class OrtWebBackend:
                   host_outputs: Sequence[str]) -> dict[str, np.ndarray | JsTensor]:
         """One session.run: numpy for `host_outputs`, JsTensor handles for the rest."""
         self._check(feeds, host_outputs)
+        if self.weights:
+            await self.weights.ready()
         try:
             outputs = await self._session.run(feeds)
         except browser.JsException as e:
@@ -221,6 +243,8 @@ class OrtWebBackend:
         for step in self._steps:
             await step.release()
         await self._session.release()
+        if self.weights:
+            self.weights.destroy()
 
     def close(self) -> None:
         asyncio.ensure_future(self.aclose())
@@ -246,46 +270,3 @@ class WebStepSession:
     async def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         data = await self._step.run(feeds)
         return (np.frombuffer(data, np.float32, self.k), np.frombuffer(data, np.int64, self.k, offset=4 * self.k))
-
-
-def graph_output_names(model: bytes) -> list[str]:
-    """The graph's output names, read from the ONNX protobuf (ModelProto.graph=7 → GraphProto.output=12 →
-    ValueInfoProto.name=1) without an onnx package: the browser has none."""
-    graph = [v for f, v in _fields(memoryview(model)) if f == 7]
-    if not graph:
-        raise ValueError("not an ONNX model: no graph")
-    names = []
-    for f, v in _fields(graph[-1]):
-        if f == 12:
-            names += [bytes(n).decode() for g, n in _fields(v) if g == 1]
-    return names
-
-
-def _fields(buf: memoryview):  # noqa: ANN202 - yields (field number, length-delimited payload)
-    i, n = 0, len(buf)
-    while i < n:
-        key, i = _varint(buf, i)
-        kind = key & 7
-        if kind == 0:
-            _, i = _varint(buf, i)
-        elif kind == 1:
-            i += 8
-        elif kind == 5:
-            i += 4
-        elif kind == 2:
-            size, i = _varint(buf, i)
-            yield key >> 3, buf[i:i + size]
-            i += size
-        else:
-            raise ValueError(f"not an ONNX model: protobuf wire type {kind} at byte {i}")
-
-
-def _varint(buf: memoryview, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7

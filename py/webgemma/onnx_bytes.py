@@ -1,0 +1,170 @@
+"""Reading and editing ONNX model bytes without the onnx package, which the browser does not have.
+
+`weights_as_inputs` turns every initializer whose bytes live in an external-data file into a graph input, so the
+WebGPU backend uploads each weight once and feeds the same GPU buffer to both of its sessions (the prefill graph
+and the graph-captured step graph); onnxruntime-web would otherwise hold a copy per session.
+
+Protobuf field numbers (onnx.proto): ModelProto.graph 7; GraphProto.initializer 5, input 11, output 12;
+TensorProto.dims 1, data_type 2, name 8, external_data 13 (key 1, value 2), data_location 14 (1 = EXTERNAL);
+ValueInfoProto.name 1, type 2 → TypeProto.tensor_type 1 → elem_type 1, shape 2 → dim 1 → dim_value 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+# TensorProto.DataType → onnxruntime-web tensor type
+ORT_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+             10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
+
+
+@dataclass(frozen=True)
+class ExternalWeight:
+    """An initializer moved to the graph's inputs, and where its bytes are."""
+
+    name: str
+    dtype: int  # TensorProto.DataType
+    dims: tuple[int, ...]
+    location: str  # the external-data file, as the graph names it
+    offset: int
+    length: int
+
+    @property
+    def ort_type(self) -> str:
+        return ORT_TYPES[self.dtype]
+
+
+def graph_output_names(model: bytes) -> list[str]:
+    """The graph's output names."""
+    names = []
+    for f, _, payload in _fields(_graph(memoryview(model))):
+        if f == 12:
+            names += [bytes(n).decode() for g, _, n in _fields(payload) if g == 1]
+    return names
+
+
+def weights_as_inputs(model: bytes) -> tuple[bytes, list[ExternalWeight]]:
+    """`model` with its external initializers declared as graph inputs instead, and those weights."""
+    buf = memoryview(model)
+    graph = _graph(buf)
+    kept, weights = [], []
+    for f, span, payload in _fields(graph):
+        weight = _external_weight(payload) if f == 5 else None
+        if weight is None:
+            kept.append(bytes(span))
+        else:
+            weights.append(weight)
+            kept.append(_message(11, _input_info(weight)))
+    new_graph = b"".join(kept)
+    out = [bytes(span) if f != 7 else _message(7, new_graph) for f, span, _ in _fields(buf)]
+    return b"".join(out), weights
+
+
+def _graph(model: memoryview) -> memoryview:
+    graphs = [payload for f, _, payload in _fields(model) if f == 7]
+    if not graphs:
+        raise ValueError("not an ONNX model: no graph")
+    return graphs[-1]
+
+
+def _external_weight(tensor: memoryview) -> ExternalWeight | None:
+    dims, dtype, name, entries, external = [], 0, "", {}, False
+    for f, span, payload in _fields(tensor):
+        if f == 1:
+            dims += _ints(span, payload)
+        elif f == 2:
+            dtype = _ints(span, payload)[0]
+        elif f == 8:
+            name = bytes(payload).decode()
+        elif f == 13:
+            entry = {g: bytes(v).decode() for g, _, v in _fields(payload)}
+            entries[entry.get(1, "")] = entry.get(2, "")
+        elif f == 14:
+            external = _ints(span, payload)[0] == 1
+    if not external:
+        return None
+    if dtype not in ORT_TYPES:
+        raise ValueError(f"initializer {name!r}: data type {dtype} has no onnxruntime-web tensor type")
+    size = 1
+    for d in dims:
+        size *= d
+    length = int(entries.get("length", 0)) or size * _ITEM_BYTES[dtype]
+    return ExternalWeight(name, dtype, tuple(dims), entries["location"], int(entries.get("offset", 0)), length)
+
+
+_ITEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8}
+
+
+def _input_info(w: ExternalWeight) -> bytes:
+    shape = b"".join(_message(1, _key(1, 0) + _varint_bytes(d)) for d in w.dims)
+    tensor_type = _key(1, 0) + _varint_bytes(w.dtype) + _message(2, shape)
+    return _message(1, w.name.encode()) + _message(2, _message(1, tensor_type))
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, memoryview, memoryview]]:
+    """(field number, the whole field's bytes, its payload: the bytes of a length-delimited field, else the value's)."""
+    i, n = 0, len(buf)
+    while i < n:
+        start = i
+        key, i = _varint(buf, i)
+        kind = key & 7
+        if kind == 0:
+            _, end = _varint(buf, i)
+        elif kind == 1:
+            end = i + 8
+        elif kind == 5:
+            end = i + 4
+        elif kind == 2:
+            size, i = _varint(buf, i)
+            end = i + size
+        else:
+            raise ValueError(f"not an ONNX model: protobuf wire type {kind} at byte {start}")
+        if end > n:
+            raise ValueError(f"not an ONNX model: a field at byte {start} runs past the end")
+        yield key >> 3, buf[start:end], buf[i:end]
+        i = end
+
+
+def _ints(span: memoryview, payload: memoryview) -> list[int]:
+    """The integers of a varint field, packed (length-delimited) or not."""
+    values, i = [], 0
+    if span[0] & 7 == 0:
+        return [_signed(_varint(payload, 0)[0])]
+    while i < len(payload):
+        v, i = _varint(payload, i)
+        values.append(_signed(v))
+    return values
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def _varint_bytes(v: int) -> bytes:
+    v &= (1 << 64) - 1
+    out = bytearray()
+    while v >= 0x80:
+        out.append(v & 0x7F | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _key(field: int, kind: int) -> bytes:
+    return _varint_bytes(field << 3 | kind)
+
+
+def _message(field: int, payload: bytes) -> bytes:
+    return _key(field, 2) + _varint_bytes(len(payload)) + payload
