@@ -7,7 +7,7 @@ Subcommands, run on the GPU machine (see BENCHMARKS.md for the whole session):
                                   ../shared/gpu-browser/setup.sh): cold and warm load, decode at 128/1024/4096
                                   tokens of context, prefill of 512/4096 tokens, time to first token, peak GPU
                                   memory, the page's heap and the renderer's resident memory
-    pages     QUERY... --kind e2b one page load per query (e.g. "capture=1&prompt_tokens=1024&max_new_tokens=128")
+    pages     QUERY... --kind e2b one page load per query (e.g. "capture=0&prompt_tokens=1024&max_new_tokens=128")
                                   after a cold load, in one Chromium: A/B comparisons of page settings
     native    --kind e2b          the same graph and runtime through native Dawn (onnxruntime-ep-webgpu)
     torch     --kind e2b          transformers' PyTorch CUDA decode of the same checkpoint (bf16)
@@ -288,7 +288,7 @@ def bandwidth(a) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["prepare", "browser", "pages", "native", "torch", "bandwidth"])
-    p.add_argument("queries", nargs="*", help="pages: one page query per argument, e.g. capture=1&prompt_tokens=128")
+    p.add_argument("queries", nargs="*", help="pages: one page query per argument, e.g. capture=0&prompt_tokens=128")
     p.add_argument("--kinds", nargs="+", default=["e2b", "e4b"])
     p.add_argument("--kind", default="e2b")
     p.add_argument("--work", type=Path, default=Path("/tmp/wgb"))

@@ -145,7 +145,7 @@ def synthetic_prompt(tokenizer, length: int) -> list[int]:
     return [tokenizer.token_to_id("<bos>")] + [first + (i * 7919) % (tokenizer.vocab_size - first) for i in range(length - 1)]
 
 
-async def autorun(page: ChatPage, params: dict, load_ms: dict) -> None:
+async def autorun(page: ChatPage, params: dict, load_phases: dict) -> None:
     if params.get("ignore_stop") == "1":
         page.model.generator.stop_token_ids = []
     if "prompt_tokens" in params:
@@ -161,7 +161,7 @@ async def autorun(page: ChatPage, params: dict, load_ms: dict) -> None:
         "prompt_ids": outcome.prompt_ids, "output_ids": outcome.output_ids, "text": outcome.text,
         "finish_reason": outcome.finish_reason, "backend": page.backend.name, "ttft_ms": s["ttft_ms"],
         "tokens_per_s": s["tokens_per_s"], "prefill_tokens_per_s": s["prefill_tokens_per_s"],
-        "load_ms": load_ms["total"], "load_phases_ms": load_ms, "prefill_ms": s["prefill_ms"],
+        "load_ms": load_phases["total"], "load_phases_ms": load_phases, "prefill_ms": s["prefill_ms"],
         "memory": browser.memory_usage(), "ms_per_step": s["ms_per_step"], "graph_capture": s["graph_capture"],
         "step_times": browser.get_global("webgemmaStepTimes"),
     })

@@ -63,6 +63,7 @@ export async function uploadWeights(ort, files, weights, buffers) {
   for (const [path, offset, length] of weights) {
     const key = `${path}@${offset}`;
     if (buffers.has(key)) continue;
+    if (offset % 4) throw new Error(`${path}: a weight starts at byte ${offset}, not a multiple of 4 (export it again)`);
     const buffer = device.createBuffer({
       size: Math.max(16, Math.ceil(length / 16) * 16),
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
@@ -74,6 +75,8 @@ export async function uploadWeights(ort, files, weights, buffers) {
   return { done: fillWeights(device, files, todo) };  // wrapped: awaiting this call does not wait for the bytes
 }
 
+// Each file goes through one staging buffer, mapped at creation (the fastest way in; queue.writeBuffer was
+// slower, BENCHMARKS.md), and is copied into the weights' buffers on the GPU, in queue order before any later run.
 async function fillWeights(device, files, todo) {
   const read = (file) => file instanceof Blob ? file.arrayBuffer().then((b) => new Uint8Array(b)) : Promise.resolve(file);
   const paths = [...todo.keys()];
@@ -81,15 +84,18 @@ async function fillWeights(device, files, todo) {
   for (let i = 0; i < paths.length; i++) {
     const data = await next;
     next = i + 1 < paths.length ? read(files.get(paths[i + 1])) : null;
+    const staging = device.createBuffer({
+      size: Math.ceil(data.byteLength / 4) * 4, usage: GPUBufferUsage.COPY_SRC, mappedAtCreation: true,
+    });
+    new Uint8Array(staging.getMappedRange(), 0, data.byteLength).set(data);
+    staging.unmap();
+    const encoder = device.createCommandEncoder();
     for (const [offset, length, buffer] of todo.get(paths[i])) {
-      if (length % 4 === 0) {
-        device.queue.writeBuffer(buffer, 0, data, offset, length);
-      } else {  // writeBuffer takes whole 4-byte words
-        const padded = new Uint8Array(Math.ceil(length / 4) * 4);
-        padded.set(data.subarray(offset, offset + length));
-        device.queue.writeBuffer(buffer, 0, padded);
-      }
+      // the exporter starts every tensor at a multiple of 64 bytes; copies move whole 4-byte words
+      encoder.copyBufferToBuffer(staging, offset, buffer, 0, Math.min(Math.ceil(length / 4) * 4, staging.size - offset));
     }
+    device.queue.submit([encoder.finish()]);
+    staging.destroy();  // freed once the copies have run
   }
 }
 
