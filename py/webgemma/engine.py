@@ -12,6 +12,7 @@ follow-up prompts, go back to the prefill graph.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -127,9 +128,10 @@ class Engine:
         self.timing["run"] += time.perf_counter() - t1
         self.timing["steps"] += 1
 
-    async def _run(self, ids: list[int], top_k: bool = False) -> Scores:
+    async def _run(self, ids: list[int], top_k: bool = False, then: list[int] = ()) -> Scores:
         """One graph run over `ids` following the cached tokens; returns the last position's scores (all the
-        logits, or with `top_k` only the best ones, found on the device)."""
+        logits, or with `top_k` only the best ones, found on the device). The rows of `then` (the next prefill
+        chunk) are read while the graph runs."""
         if self.static and top_k and len(ids) == 1 and self.tokens:
             return await self._step(ids[0])
         start, count = len(self.tokens), len(ids)
@@ -140,7 +142,12 @@ class Engine:
         feeds.update(self.cache)
         top = self.io["top_k"]
         host = [top["values"], top["ids"]] if top_k else [self.io["logits"]]
-        out = await self.backend.run(feeds, host)
+        ahead = asyncio.ensure_future(self.rows.prefetch(then)) if then else None
+        try:
+            out = await self.backend.run(feeds, host)
+        finally:
+            if ahead:
+                await ahead
         self._count(t0, t1)
         old, self.cache = self.cache, {}
         for c in self.io["cache"]:
@@ -178,7 +185,8 @@ class Engine:
             return scores, reused
         while new:
             n = self._chunk(len(self.tokens), len(new))
-            scores = await self._run(new[:n], top_k=top_k or n < len(new))  # only the last chunk's are read
+            then = new[n:n + self._chunk(len(self.tokens) + n, len(new) - n)] if n < len(new) else []
+            scores = await self._run(new[:n], top_k=top_k or n < len(new), then=then)  # only the last chunk's are read
             new = new[n:]
         return scores, reused
 

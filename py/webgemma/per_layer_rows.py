@@ -41,6 +41,10 @@ class PerLayerRows:
             self.cache.popitem(last=False)
         return rows
 
+    async def prefetch(self, ids: list[int]) -> None:
+        """Reads the rows of `ids` into the cache (the next prefill chunk's, while this one runs)."""
+        await self._rows(list(dict.fromkeys(ids)))
+
     async def feeds(self, ids: list[int]) -> dict[str, np.ndarray]:
         """Graph inputs for the tokens `ids` (one chunk)."""
         rows = await self._rows(list(dict.fromkeys(ids)))

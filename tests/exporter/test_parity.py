@@ -56,6 +56,22 @@ def test_chunked_prefill_equals_one_shot(exported, chunk):
     assert max(np.abs(a - b).max() for a, b in zip(chunked[1], one_shot[1])) < 1e-4
 
 
+def test_prefill_reads_the_next_chunks_rows_while_a_chunk_runs(exported):
+    import asyncio
+
+    _, model = exported
+    engine = open_engine(model, prefill_chunk=5)
+    reads, read = [], engine.rows.store.read_ranges
+
+    async def spy(ranges):
+        reads.append((len(engine.tokens), len(ranges)))  # tokens cached when the read starts, rows read
+        return await read(ranges)
+
+    engine.rows.store.read_ranges = spy
+    asyncio.run(engine.prefill(PROMPT))  # 13 distinct tokens: chunks of 5, 5, 3
+    assert reads == [(0, 5), (0, 5), (5, 3)]
+
+
 def test_follow_up_prompt_reuses_the_cache(exported):
     import asyncio
 
