@@ -347,17 +347,17 @@ class CachedFile:
     async def read(self, start: int = 0, length: int | None = None) -> bytes:
         if length is None:
             length = self.size - start
+        return (await self._blob.slice(*self._span(start, length)).arrayBuffer()).to_bytes()
+
+    def _span(self, start: int, length: int) -> tuple[int, int]:
         if start < 0 or length < 0 or start + length > self.size:
             raise ValueError(f"{self.name}: bytes [{start}, {start + length}) outside the file's {self.size} bytes")
-        return (await self._blob.slice(start, start + length).arrayBuffer()).to_bytes()
+        return start, start + length
 
 
 async def read_ranges(ranges: list[tuple[CachedFile, int, int]]) -> bytes:
     """The bytes of many (file, start, length) ranges, concatenated, read in one call."""
-    for file, start, length in ranges:
-        if start < 0 or length < 0 or start + length > file.size:
-            raise ValueError(f"{file.name}: bytes [{start}, {start + length}) outside the file's {file.size} bytes")
-    spans = [[file._blob, start, start + length] for file, start, length in ranges]
+    spans = [[file._blob, *file._span(start, length)] for file, start, length in ranges]
     return (await (await _import(STORE_BRIDGE)).readRanges(to_js(spans))).to_bytes()
 
 
