@@ -123,6 +123,11 @@ class Engine:
         self.last = Scores(np.asarray(values).reshape(-1), np.asarray(ids).reshape(-1))
         return self.last
 
+    def _restart_timing(self) -> dict:
+        """The timers so far, and fresh ones from now on."""
+        old, self.timing = self.timing, {"rows": 0.0, "run": 0.0, "steps": 0}
+        return old
+
     def _count(self, t0: float, t1: float) -> None:
         self.timing["rows"] += t1 - t0
         self.timing["run"] += time.perf_counter() - t1
@@ -206,6 +211,7 @@ class Engine:
         sampler, stop_ids = Sampler(sampling), set(stop_ids)
         top_k = not sampler.needs_all_logits(self.io["top_k"]["k"])
         t0 = time.perf_counter()
+        self._restart_timing()  # the prompt's own: not what an earlier turn's decoding left
         scores, reused = await self.prefill(result.prompt_ids, top_k)
         t_prefill = time.perf_counter()
         history = list(result.prompt_ids)
@@ -216,7 +222,7 @@ class Engine:
             history.append(token)
             if decode_start is None:
                 decode_start = time.perf_counter()
-                prefill_timing, self.timing = self.timing, {"rows": 0.0, "run": 0.0, "steps": 0}
+                prefill_timing = self._restart_timing()
             if token in stop_ids:
                 result.finish_reason = "stop"
                 break

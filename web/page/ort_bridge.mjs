@@ -53,6 +53,12 @@ export async function tensorBytes(tensor) {
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
 }
 
+// A buffer a session can bind as an input or output, rounded up to whole 16-byte rows.
+const storageBuffer = (device, bytes) => device.createBuffer({
+  size: Math.max(16, Math.ceil(bytes / 16) * 16),
+  usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+});
+
 // Weights as graph inputs (webgemma.onnx_bytes): each is uploaded once and the same GPU buffer is fed to every
 // session. weights: [[file, offset, length]]; files: Map path → Blob or bytes; buffers: "file@offset" → GPUBuffer,
 // the map of earlier uploads, extended. The buffers exist when this returns, so sessions can be created and run
@@ -64,10 +70,7 @@ export async function uploadWeights(ort, files, weights, buffers) {
     const key = `${path}@${offset}`;
     if (buffers.has(key)) continue;
     if (offset % 4) throw new Error(`${path}: a weight starts at byte ${offset}, not a multiple of 4 (export it again)`);
-    const buffer = device.createBuffer({
-      size: Math.max(16, Math.ceil(length / 16) * 16),
-      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
-    });
+    const buffer = storageBuffer(device, length);
     buffers.set(key, buffer);
     if (!todo.has(path)) todo.set(path, []);
     todo.get(path).push([offset, length, buffer]);
@@ -146,10 +149,7 @@ class StepSession {
   }
 
   tensor(name, type, dims) {
-    const buffer = this.device.createBuffer({
-      size: Math.max(16, Math.ceil(byteSize(type, dims) / 16) * 16),
-      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
-    });
+    const buffer = storageBuffer(this.device, byteSize(type, dims));
     this.buffers.set(name, buffer);
     return this.ort.Tensor.fromGpuBuffer(buffer, { dataType: type, dims });
   }
