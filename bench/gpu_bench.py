@@ -152,12 +152,13 @@ def pages(a) -> None:
     with chromium_pages(a) as (page, sampler):
         page("cold", prompt_tokens=8, max_new_tokens=2)
         out = {}
-        for query in a.queries:
+        for i, query in enumerate(a.queries):
             sampler.gpu_mib = 0
             r = page(query, **dict(kv.split("=") for kv in query.split("&")))
-            out[query] = {k: r.get(k) for k in ("tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "load_ms", "ms_per_step",
-                                                "step_times", "graph_capture", "load_phases_ms", "prefill_ms")} | {"first_tokens": r["output_ids"][:16],
-                                                                                   "peak_gpu_mib": sampler.gpu_mib}
+            key = query if a.queries.count(query) == 1 else f"{query} #{a.queries[:i + 1].count(query)}"
+            out[key] = {k: r.get(k) for k in ("tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "load_ms", "ms_per_step",
+                                              "step_times", "graph_capture", "load_phases_ms", "prefill_ms", "repeats")} | {
+                "first_tokens": r["output_ids"][:16], "peak_gpu_mib": sampler.gpu_mib}
     record(a, f"{a.kind}/pages", out)
 
 

@@ -34,6 +34,7 @@ from .embedding import TiedEmbedding
 from .mlp import mlp
 from .norms import add_rms_norm, rms_norm
 from .per_layer import per_layer_inputs, per_layer_residual, split_per_layer, token_rows
+from .top_k import top_k
 
 SHARED_SLIDING = "shared_sliding_attention"  # a shared sliding layer's view: the source cache, at most one window
 TOP_K = 64  # Gemma's generation config samples from the 64 best tokens
@@ -107,7 +108,7 @@ def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, f
             logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, cap])]), cap])
         # Greedy and top-k sampling need only the best candidates: found on the device, read back small.
         k = min(TOP_K, arch.vocab_size)
-        values, ids = g.op("TopK", [logits, g.const([k])], 2, axis=-1, largest=1, sorted=1)
+        values, ids = top_k(g, logits, arch.vocab_size, k)
     if not static_cache:  # the step graph reads back only the candidates
         g.output(logits, "logits", np.float32, [1, arch.vocab_size])
     io.top_k = {"k": k, "values": g.output(values, "top_logits", np.float32, [1, k]),

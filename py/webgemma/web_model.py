@@ -6,10 +6,10 @@ poisons every later WebGPU session on the page); the page and the documentation 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from .backends.ort_web import OrtWebBackend
+from .laps import Laps
 from .manifest import parse_manifest
 from .model import Model, load_model
 from .storage_web import EnsureReport, Progress, WebModelStore
@@ -30,13 +30,7 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     prefill session's weights and is recorded here, during loading; its fixed caches hold `max_context` tokens
     (default STEP_CONTEXT). Older exports, whose step graph has no masks, decode without it.
     """
-    phases, t = {}, time.perf_counter()
-
-    def phase(name: str) -> None:
-        nonlocal t
-        phases[name] = (time.perf_counter() - t) * 1000
-        t = time.perf_counter()
-
+    phase = Laps()
     store = WebModelStore(model_url)
     manifest = parse_manifest(await store.read("manifest.json"))
     report = await store.ensure(manifest.files(), on_progress, reverify=reverify)
@@ -47,18 +41,18 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     backend = await OrtWebBackend.create(
         graph, external, host_outputs=[manifest.decoder["logits"]], ep=ep,
         # constant folding would materialise the Reshape of the shared embedding: a second copy of 200+ MiB
-        graph_optimization="disabled", verbose_log=verbose_log, shared_weights=capture,
+        graph_optimization="disabled", verbose_log=verbose_log, shared_weights=capture, laps=phase,
     )
-    phase("session")
     model = await load_model(store, lambda _: backend, prefill_chunk=prefill_chunk, max_context=max_context)
+    phase("tokenizer")
     if capture and backend.name == "webgpu":
         step = await backend.step_session(await store.read(manifest.decoder["step_graph"]["path"]), external, manifest,
-                                          min(model.engine.max_context, max_context or STEP_CONTEXT))
+                                          min(model.engine.max_context, max_context or STEP_CONTEXT), laps=phase)
         model.engine.use_step_session(step)
-        phase("step_session")
         await model.engine.record_step()  # over weights still being written: its results are thrown away
         phase("record_step")
+    if backend.weights is not None:
         await backend.weights.ready()
         phase("weights")
-    report.phases_ms = phases
+    report.phases_ms = phase.ms
     return model, backend, report

@@ -23,7 +23,7 @@ from webgemma_export.export import export
 WEBGPU_OPS = {
     "MatMulNBits", "MatMul", "Gemm", "GatherBlockQuantized", "Gather", "GroupQueryAttention", "RotaryEmbedding",
     "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "Gelu", "Mul", "Add", "Div", "Tanh",
-    "Reshape", "Slice", "Split", "Concat", "Cast", "TopK", "Softmax", "ReduceSum", "Transpose",
+    "Reshape", "Slice", "Split", "Concat", "Cast", "TopK", "GatherElements", "Softmax", "ReduceSum", "Transpose",
 }
 SCHEMA = json.loads((Path(webgemma.__file__).parent / "manifest.schema.json").read_text())
 

@@ -37,3 +37,19 @@ def test_accuracy_level_copy_is_valid_and_close(tmp_path):
     base, int8 = asyncio.run(logits(model)), asyncio.run(logits(copy))
     assert not np.array_equal(base, int8)  # the int8-activation kernels ran
     assert np.corrcoef(base, int8)[0, 1] > 0.98  # the same model, rounded
+
+
+def test_single_top_k_replaces_the_stages_and_finds_the_same_ids():
+    import onnxruntime as ort
+
+    from bench.model_variants import single_top_k
+    from webgemma_export.graph.top_k import top_k_graph
+
+    model = top_k_graph(262144, 64)
+    staged = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    single_top_k(model.graph)
+    assert [n.op_type for n in model.graph.node] == ["TopK"]
+    single = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = np.random.default_rng(3).standard_normal((1, 262144)).astype(np.float32)
+    for got, want in zip(single.run(None, {"logits": logits}), staged.run(None, {"logits": logits}), strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -107,6 +107,24 @@ p = backend.placement
     assert placement == {"all_on": None, "cpu": ["Unique ()"]}
 
 
+def test_staged_top_k_on_webgpu_equals_numpy(checked_page):
+    # the exporter's top-k for Gemma's vocabulary: every node on WebGPU (graph capture needs it), numpy's order
+    result = checked_page.py("""
+import numpy as np
+from webgemma import browser
+from webgemma.backends.ort_web import OrtWebBackend
+backend = await OrtWebBackend.create(await browser.fetch_bytes("model/top_k.onnx"), ep="webgpu",
+                                     host_outputs=["top_values", "top_ids"], verbose_log=True)
+logits = np.random.default_rng(7).standard_normal((1, 262144)).astype(np.float32)
+out = await backend.run({"logits": logits}, ["top_values", "top_ids"])
+want = np.argsort(-logits[0], kind="stable")[:64]
+{"placement": backend.placement.counts, "nodes": backend.placement.nodes, "ids": out["top_ids"][0].tolist(), "want": want.tolist(),
+ "values_equal": bool((out["top_values"][0] == logits[0, want]).all())}
+""")
+    assert list(result["placement"]) == ["WebGpuExecutionProvider"], result["nodes"]
+    assert result["ids"] == result["want"] and result["values_equal"]
+
+
 def test_optimizer_options_reach_ort(checked_page):
     applied = checked_page.py("""
 from webgemma import browser

@@ -77,6 +77,18 @@ def test_raw_prompt_matches_the_cli(sites, offline_context):
     assert (result["prompt_ids"], result["output_ids"]) == (expected["prompt_ids"], expected["output_ids"])
 
 
+def test_benchmark_prompts_of_an_exact_length_repeated(sites, offline_context):
+    # bench/gpu_bench.py's parameters: a synthetic prompt of N ids, more prompts of that length, a reader's pause
+    _, site = sites["int4"]
+    context, _ = offline_context(site.url)
+    result = run_page(context.new_page(), site, backend="wasm", prompt_tokens="40", max_new_tokens="3", repeat="3",
+                      think_ms="50", ignore_stop="1")
+    assert result.get("error") is None, result
+    assert len(result["prompt_ids"]) == 40 and len(set(result["prompt_ids"])) == 40 and len(result["output_ids"]) == 3
+    assert [sorted(r) for r in result["repeats"]] == [["prefill_ms", "prefill_tokens_per_s", "tokens_per_s", "ttft_ms"]] * 2
+    assert all(r["ttft_ms"] > 0 and r["prefill_ms"]["runs"] >= 1 for r in result["repeats"])
+
+
 def model_requests(traffic) -> list[str]:
     return [u for u in traffic.requests if "/model/" in u and not u.split("?")[0].endswith("/manifest.json")]
 

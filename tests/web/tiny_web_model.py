@@ -5,6 +5,7 @@
                                          on the host; initializers are external data in a subfolder
     ple/table-00.bin                     3 MiB of random bytes: progress and byte-range reads
     cpu_op.onnx                          Unique + Relu: a graph with a node WebGPU has no kernel for
+    top_k.onnx                           the exporter's staged top-64 of Gemma's 262,144 logits
     files.json                           [{path, bytes, sha256}] of the first three (what the store ensures)
 """
 
@@ -18,9 +19,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from webgemma_export.graph.top_k import top_k_graph
+
 K, N, BLOCK = 64, 32, 32  # MatMulNBits: a [1, K] · W [K, N], 4-bit, block 32
 HEADS, HEAD_DIM = 2, 4  # the KV-like pair [1, HEADS, T, HEAD_DIM]
 TABLE = "ple/table-00.bin"
+VOCAB = 262144  # Gemma's: the top-k graph sorts in three stages
 
 
 def decoder_graph(rng: np.random.Generator) -> onnx.ModelProto:
@@ -74,6 +78,7 @@ def write_model_folder(folder: Path, seed: int = 0) -> list[dict]:
     (folder / "ple").mkdir(exist_ok=True)
     (folder / TABLE).write_bytes(rng.integers(0, 256, size=3 << 20, dtype=np.uint8).tobytes())
     onnx.save_model(cpu_op_graph(), folder / "cpu_op.onnx")
+    onnx.save_model(top_k_graph(VOCAB, 64), folder / "top_k.onnx")
     files = [file_entry(folder, p) for p in ("decoder.onnx", "weights/decoder.bin", TABLE)]
     (folder / "files.json").write_text(json.dumps(files, indent=1))
     return files

@@ -7,12 +7,15 @@ URL parameters, for tests and benchmarks: model=URL prompt=TEXT max_new_tokens=N
 seed=S raw=1 system=TEXT thinking=1 autorun=1 backend=webgpu|wasm max_context=N verify=1 (hash cached files again)
 verbose=1 (record onnxruntime's node placement) prefill_chunk=N; for benchmarks prompt_tokens=N (a synthetic raw
 prompt of N token ids), ignore_stop=1 (generate max_new_tokens whatever is sampled) and prefill_limit=N|0 (override
-the backend's causal_prefill_limit; 0 lifts it), capture=0 (decode without the graph-captured step session). With
+the backend's causal_prefill_limit; 0 lifts it), capture=0 (decode without the graph-captured step session),
+repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`),
+think_ms=N (wait N ms after loading before the prompt, as a reader typing it would). With
 autorun the page generates once and sets
 window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, ...}
 (or {error} when it cannot).
 """
 
+import asyncio
 import sys
 import time
 
@@ -139,17 +142,21 @@ class ChatPage:
         return result
 
 
-def synthetic_prompt(tokenizer, length: int) -> list[int]:
-    """<bos> and `length - 1` deterministic ordinary token ids: prompts of an exact length for benchmarks."""
-    first = len(tokenizer.special_ids)
-    return [tokenizer.token_to_id("<bos>")] + [first + (i * 7919) % (tokenizer.vocab_size - first) for i in range(length - 1)]
+def synthetic_prompt(model, length: int, variant: int = 0) -> list[int]:
+    """<bos> and `length - 1` deterministic ordinary token ids over the model's whole vocabulary (the benchmarks'
+    random-weight models have a small tokenizer; their table rows must spread like a real prompt's): prompts of an
+    exact length for benchmarks. Another `variant` has other tokens."""
+    first = len(model.tokenizer.special_ids)
+    span = int(model.manifest.arch["vocab_size"]) - first
+    return [model.tokenizer.token_to_id("<bos>")] + [first + (i * 7919 + variant * 104729) % span for i in range(length - 1)]
 
 
 async def autorun(page: ChatPage, params: dict, load_phases: dict) -> None:
+    await asyncio.sleep(int(params.get("think_ms", 0)) / 1000)
     if params.get("ignore_stop") == "1":
         page.model.generator.stop_token_ids = []
     if "prompt_tokens" in params:
-        model, ids = page.model, synthetic_prompt(page.model.tokenizer, int(params["prompt_tokens"]))
+        model, ids = page.model, synthetic_prompt(page.model, int(params["prompt_tokens"]))
         outcome = await model.generator.generate(ids, page.settings())
     else:
         outcome = await page.ask(params.get("prompt", ""), raw=params.get("raw") == "1")
@@ -157,13 +164,17 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict) -> None:
         browser.set_global("webgemmaResult", {"error": str(outcome), "backend": page.backend.name})
         return
     s = outcome.stats
+    repeats = []  # the same length again, other tokens: what the first prompt paid once (e.g. shader compiles)
+    for variant in range(1, int(params.get("repeat", 1)) if "prompt_tokens" in params else 0):
+        again = await model.generator.generate(synthetic_prompt(model, len(ids), variant), page.settings())
+        repeats.append({k: again.stats[k] for k in ("ttft_ms", "tokens_per_s", "prefill_tokens_per_s", "prefill_ms")})
     browser.set_global("webgemmaResult", {
         "prompt_ids": outcome.prompt_ids, "output_ids": outcome.output_ids, "text": outcome.text,
         "finish_reason": outcome.finish_reason, "backend": page.backend.name, "ttft_ms": s["ttft_ms"],
         "tokens_per_s": s["tokens_per_s"], "prefill_tokens_per_s": s["prefill_tokens_per_s"],
         "load_ms": load_phases["total"], "load_phases_ms": load_phases, "prefill_ms": s["prefill_ms"],
         "memory": browser.memory_usage(), "ms_per_step": s["ms_per_step"], "graph_capture": s["graph_capture"],
-        "step_times": browser.get_global("webgemmaStepTimes"),
+        "step_times": browser.get_global("webgemmaStepTimes"), "repeats": repeats,
     })
 
 

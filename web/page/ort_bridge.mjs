@@ -80,13 +80,18 @@ export async function uploadWeights(ort, files, weights, buffers) {
 
 // Each file goes through one staging buffer, mapped at creation (the fastest way in; queue.writeBuffer was
 // slower, BENCHMARKS.md), and is copied into the weights' buffers on the GPU, in queue order before any later run.
+// The browser reads the next files while this thread is busy creating sessions (READ_AHEAD shard files held at
+// once: 256 MiB with the exporter's default 64 MiB shards).
+const READ_AHEAD = 4;
+
 async function fillWeights(device, files, todo) {
   const read = (file) => file instanceof Blob ? file.arrayBuffer().then((b) => new Uint8Array(b)) : Promise.resolve(file);
   const paths = [...todo.keys()];
-  let next = paths.length ? read(files.get(paths[0])) : null;
+  const reads = paths.slice(0, READ_AHEAD).map((path) => read(files.get(path)));
   for (let i = 0; i < paths.length; i++) {
-    const data = await next;
-    next = i + 1 < paths.length ? read(files.get(paths[i + 1])) : null;
+    const data = await reads[i];
+    reads[i] = null;
+    if (i + READ_AHEAD < paths.length) reads.push(read(files.get(paths[i + READ_AHEAD])));
     const staging = device.createBuffer({
       size: Math.ceil(data.byteLength / 4) * 4, usage: GPUBufferUsage.COPY_SRC, mappedAtCreation: true,
     });

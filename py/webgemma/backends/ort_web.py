@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import browser
 from ..browser import CachedFile, JsTensor
+from ..laps import Laps
 from ..onnx_bytes import ExternalWeight, graph_output_names, weights_as_inputs
 from ..static_cache import step_caches
 
@@ -125,6 +126,7 @@ class OrtWebBackend:
         ort_url: str = ORT_URL,
         num_threads: int | None = None,
         shared_weights: bool = False,
+        laps: Laps | None = None,
     ) -> OrtWebBackend:
         """A session over `model` (the .onnx bytes) whose external-data files are `external_data`, keyed by the
         tensors' `location` exactly (e.g. "weights/decoder-00.bin").
@@ -134,11 +136,14 @@ class OrtWebBackend:
         disabled_optimizers: ORT optimizers switched off by name, e.g. ["ConstantFolding"] keeps a shared weight single.
         verbose_log: record ORT's verbose log during creation (`creation_log`, `placement`).
         shared_weights: on WebGPU, upload the weights ourselves, for a step session to share (`step_session`).
+        laps: where the time goes (runtime, graph_edit, session, buffers), for a load report.
         """
+        lap = laps or Laps()
         name, notice, adapter = await pick_ep(ep)
         if notice:
             browser.show_notice(notice)
         ort = await browser.ort_load(ort_url + BUNDLES[name], ort_url, num_threads or default_threads())
+        lap("runtime")
         outputs = graph_output_names(model)
         missing = sorted(set(host_outputs) - set(outputs))
         if missing:
@@ -153,14 +158,18 @@ class OrtWebBackend:
             options["logVerbosityLevel"] = 0
         if name != "webgpu" or not shared_weights:
             session = await browser.ort_session(ort, model, dict(external_data or {}), options, verbose=verbose_log)
+            lap("session")
             return cls(session, name, notice, host_outputs, adapter, ort)
         # the weights become inputs, uploaded by us, so that the step session shares them (one GPU copy)
         model, weights = weights_as_inputs(model)
+        lap("graph_edit")
         session = await browser.ort_session(ort, model, {}, options, verbose=verbose_log)
+        lap("session")
         backend = cls(session, name, notice, host_outputs, adapter, ort)
         backend.weights = await browser.WeightBuffers.create(ort)
         session.weights = await backend._weight_feeds(weights, external_data or {})
         backend.input_names = [n for n in session.input_names if n not in {w.name for w in weights}]
+        lap("buffers")
         return backend
 
     async def _weight_feeds(self, weights: list[ExternalWeight], files: Mapping[str, CachedFile | bytes]) -> Any:
@@ -168,7 +177,7 @@ class OrtWebBackend:
         return self.weights.feeds(weights)
 
     async def step_session(self, model: bytes, external_data: Mapping[str, CachedFile | bytes], manifest,
-                           context: int) -> WebStepSession:
+                           context: int, laps: Laps | None = None) -> WebStepSession:
         """The step graph under graph capture (WebGPU only), fed the weights the prefill session uses (one GPU copy),
         its caches fixed buffers for `context` tokens (fewer where the adapter cannot bind a cache that large)."""
         if self.weights is None:
@@ -185,9 +194,13 @@ class OrtWebBackend:
         # the EP only gets its enableGraphCapture option when it is named by an object, not by a string
         session_options = {"executionProviders": [{"name": "webgpu"}], "graphOptimizationLevel": "disabled",
                            "preferredOutputLocation": "gpu-buffer"}
+        lap = laps or Laps()
         model, weights = weights_as_inputs(model)
-        step = await browser.ort_step_session(self._ort, model, await self._weight_feeds(weights, external_data),
-                                              session_options, {"caches": caches, "rows": rows, "outputs": outputs})
+        feeds = await self._weight_feeds(weights, external_data)
+        lap("step_graph_edit")
+        step = await browser.ort_step_session(self._ort, model, feeds, session_options,
+                                              {"caches": caches, "rows": rows, "outputs": outputs})
+        lap("step_session")
         self._steps.append(step)  # released with this backend
         return WebStepSession(step, caches, k)
 
