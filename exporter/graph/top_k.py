@@ -1,12 +1,13 @@
 """The best k logits and their token ids, found in stages.
 
 onnxruntime's WebGPU TopK sorts a row longer than 2,048 values in global memory, one dispatch per bitonic step:
-171 dispatches (~0.9 ms a token on an H100) for Gemma's 262,144 logits. A row of up to 2,048 values is sorted in
+171 dispatches (0.9–1.8 ms a token on H100s) for Gemma's 262,144 logits. A row of up to 2,048 values is sorted in
 one dispatch. So the logits are cut into rows of 2,048, each row keeps its best k, and the survivors are cut again
 until one row is left: the overall best k are always among each row's best k.
 
-The survivors' token ids travel as float32 (exact below 2**24): onnxruntime-web adds, gathers and casts int64
-tensors on the CPU, which would split the graph and stop its capture; TopK's int64 indices only index gathers.
+The survivors' token ids travel as float32 (exact below 2**24): onnxruntime-web 1.30 runs int64 Add, Cast from
+int64 and Gather of int64 data on the CPU, which would split the graph and stop its capture; TopK's int64 indices
+only index gathers.
 """
 
 from __future__ import annotations
