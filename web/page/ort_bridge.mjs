@@ -62,7 +62,7 @@ const storageBuffer = (device, bytes) => device.createBuffer({
 // Weights as graph inputs (webgemma.onnx_bytes): each is uploaded once and the same GPU buffer is fed to every
 // session. weights: [[file, offset, length]]; files: Map path → Blob or bytes; buffers: "file@offset" → GPUBuffer,
 // the map of earlier uploads, extended. The buffers exist when this returns, so sessions can be created and run
-// over them at once; their bytes follow (`done`), two files in memory at a time (one read while one is copied).
+// over them at once; their bytes follow (`done`, see fillWeights).
 export async function uploadWeights(ort, files, weights, buffers) {
   const device = await ort.env.webgpu.device;
   const todo = new Map();  // path → [[offset, length, buffer]]
@@ -80,8 +80,8 @@ export async function uploadWeights(ort, files, weights, buffers) {
 
 // Each file goes through one staging buffer, mapped at creation (the fastest way in; queue.writeBuffer was
 // slower, BENCHMARKS.md), and is copied into the weights' buffers on the GPU, in queue order before any later run.
-// The browser reads the next files while this thread is busy creating sessions (READ_AHEAD shard files held at
-// once: 256 MiB with the exporter's default 64 MiB shards).
+// The browser reads the next READ_AHEAD files while this thread is busy creating sessions: with the one being
+// copied, up to READ_AHEAD + 1 shard files in memory (320 MiB with the exporter's default 64 MiB shards).
 const READ_AHEAD = 4;
 
 async function fillWeights(device, files, todo) {
