@@ -135,6 +135,7 @@ def _architecture(arch: TextArch) -> dict:
         "hidden_size": arch.hidden_size,
         "num_hidden_layers": arch.num_layers,
         "num_attention_heads": arch.num_heads,
+        "rms_norm_eps": arch.rms_norm_eps,
         "layer_types": list(arch.layer_types),
         "head_dim": arch.head_dim,
         "num_key_value_heads": arch.num_kv_heads,

@@ -410,6 +410,7 @@ async def storage_estimate() -> dict:
 # ---------------------------------------------------------------- onnxruntime-web (ort_bridge.mjs)
 
 ORT_BRIDGE = "ort_bridge.mjs"
+KERNEL_STEP = "kernel_step.mjs"
 
 # numpy dtype → onnxruntime-web tensor type
 _ORT_TYPES = {
@@ -577,6 +578,38 @@ async def ort_step_session(ort: Any, model: bytes, weights: Any, options: dict, 
     except JsException as e:
         raise RuntimeError(f"onnxruntime-web could not create the step session: {e}") from None
     return JsStepSession(step)
+
+
+class JsKernelStep(JsStepSession):
+    """kernel_step.mjs's KernelStep: the decode step as hand-written kernels (webgemma.kernel_plan). A copy's source
+    named by string is one of the step's new rows."""
+
+    async def run(self, block: bytes) -> bytes:
+        try:
+            return (await self._s.run(to_js(block))).to_bytes()
+        except JsException as e:
+            raise RuntimeError(str(e)) from None
+
+    async def profile(self) -> list[float] | None:
+        """GPU nanoseconds of each dispatch of the last step run again (None without timestamp queries)."""
+        ns = await self._s.profile()
+        return None if ns is None else ns.to_py()
+
+
+async def kernel_step(ort: Any, weights: WeightBuffers, inputs: list, plan: Any) -> JsKernelStep:
+    """The KernelStep of `plan` (webgemma.kernel_plan.KernelPlan) over the uploaded weights, named by the step graph's
+    weight inputs (webgemma.onnx_bytes.ExternalWeight)."""
+    module = await _import(KERNEL_STEP)
+    keys = {w.name: f"{w.location}@{w.offset}" for w in inputs}
+    js_plan = {"act_words": plan.act_words, "constants": [plan.constants[0], to_js(plan.constants[1])], "caches": plan.caches,
+               "dispatches": [[d.kernel, d.bindings, to_js(d.uniform), list(d.grid), d.constants] for d in plan.dispatches],
+               "block": list(plan.block), "output": list(plan.output), "rows": plan.rows}
+    try:
+        step = await module.createKernelStep(ort, weights._buffers, to_js(keys, dict_converter=js.Object.fromEntries),
+                                             to_js(js_plan, dict_converter=js.Object.fromEntries))
+    except JsException as e:
+        raise RuntimeError(f"the kernel step could not be created: {e}") from None
+    return JsKernelStep(step)
 
 
 async def to_numpy(t: JsTensor) -> np.ndarray:

@@ -4,8 +4,12 @@
 WebGPU backend uploads each weight once and feeds the same GPU buffer to both of its sessions (the prefill graph
 and the graph-captured step graph); onnxruntime-web would otherwise hold a copy per session.
 
+`float_initializers` reads the small float32 tensors kept inside the graph (norm weights, layer scalars), which the
+hand-written decode step (webgemma.kernel_plan) needs as plain numbers.
+
 Protobuf field numbers (onnx.proto): ModelProto.graph 7; GraphProto.initializer 5, input 11, output 12;
-TensorProto.dims 1, data_type 2, name 8, external_data 13 (key 1, value 2), data_location 14 (1 = EXTERNAL);
+TensorProto.dims 1, data_type 2, float_data 4, name 8, raw_data 9, external_data 13 (key 1, value 2),
+data_location 14 (1 = EXTERNAL);
 ValueInfoProto.name 1, type 2 → TypeProto.tensor_type 1 → elem_type 1, shape 2 → dim 1 → dim_value 1.
 """
 
@@ -13,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+import numpy as np
 
 # TensorProto.DataType → onnxruntime-web tensor type
 ORT_TYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
@@ -61,6 +67,16 @@ def weights_as_inputs(model: bytes) -> tuple[bytes, list[ExternalWeight]]:
     return b"".join(out), weights
 
 
+def float_initializers(model: bytes) -> dict[str, np.ndarray]:
+    """The graph's float32 initializers stored in the graph itself, by name."""
+    out = {}
+    for f, _, payload in _fields(_graph(memoryview(model))):
+        tensor = _tensor(payload) if f == 5 else None
+        if tensor and tensor.dtype == 1 and tensor.data:
+            out[tensor.name] = np.frombuffer(tensor.data, "<f4").reshape(tensor.dims)
+    return out
+
+
 def _graph(model: memoryview) -> memoryview:
     graphs = [payload for f, _, payload in _fields(model) if f == 7]
     if not graphs:
@@ -68,29 +84,48 @@ def _graph(model: memoryview) -> memoryview:
     return graphs[-1]
 
 
-def _external_weight(tensor: memoryview) -> ExternalWeight | None:
-    dims, dtype, name, entries, external = [], 0, "", {}, False
-    for f, span, payload in _fields(tensor):
+@dataclass
+class _Tensor:
+    """The TensorProto fields read here."""
+
+    dims: list[int]
+    dtype: int = 0
+    name: str = ""
+    data: bytes = b""  # float_data (packed, or one fixed32 per field) or raw_data
+    entries: dict[str, str] | None = None  # external_data
+    external: bool = False
+
+
+def _tensor(payload: memoryview) -> _Tensor:
+    t = _Tensor([], entries={})
+    for f, span, value in _fields(payload):
         if f == 1:
-            dims += _ints(span, payload)
+            t.dims += _ints(span, value)
         elif f == 2:
-            dtype = _ints(span, payload)[0]
+            t.dtype = _ints(span, value)[0]
         elif f == 8:
-            name = bytes(payload).decode()
+            t.name = bytes(value).decode()
+        elif f in (4, 9):
+            t.data += bytes(value)
         elif f == 13:
-            entry = {g: bytes(v).decode() for g, _, v in _fields(payload)}
-            entries[entry.get(1, "")] = entry.get(2, "")
+            entry = {g: bytes(v).decode() for g, _, v in _fields(value)}
+            t.entries[entry.get(1, "")] = entry.get(2, "")
         elif f == 14:
-            external = _ints(span, payload)[0] == 1
-    if not external:
+            t.external = _ints(span, value)[0] == 1
+    return t
+
+
+def _external_weight(payload: memoryview) -> ExternalWeight | None:
+    t = _tensor(payload)
+    if not t.external:
         return None
-    if dtype not in ORT_TYPES:
-        raise ValueError(f"initializer {name!r}: data type {dtype} has no onnxruntime-web tensor type")
+    if t.dtype not in ORT_TYPES:
+        raise ValueError(f"initializer {t.name!r}: data type {t.dtype} has no onnxruntime-web tensor type")
     size = 1
-    for d in dims:
+    for d in t.dims:
         size *= d
-    length = int(entries.get("length", 0)) or size * _ITEM_BYTES[dtype]
-    return ExternalWeight(name, dtype, tuple(dims), entries["location"], int(entries.get("offset", 0)), length)
+    length = int(t.entries.get("length", 0)) or size * _ITEM_BYTES[t.dtype]
+    return ExternalWeight(t.name, t.dtype, tuple(t.dims), t.entries["location"], int(t.entries.get("offset", 0)), length)
 
 
 _ITEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8}

@@ -59,6 +59,7 @@ class EnsureReport:
     download_seconds: float = 0.0
     verify_seconds: float = 0.0
     phases_ms: dict[str, float] = field(default_factory=dict)  # open_web_model: where loading went (files, session, ...)
+    step: str = ""  # open_web_model: what decodes a token ("graph", "kernels", or "graph (why not the kernels)")
 
 
 class ModelFileError(RuntimeError):

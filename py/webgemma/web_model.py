@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .backends.ort_web import OrtWebBackend
+from .kernel_plan import KernelPlanError
 from .laps import Laps
 from .manifest import parse_manifest
 from .model import Model, load_model
@@ -20,15 +21,19 @@ STEP_CONTEXT = 8192  # default context of the step session's fixed caches (E2B: 
 
 async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Callable[[Progress], None] | None = None,
                          reverify: bool = False, verbose_log: bool = False, prefill_chunk: int = 256,
-                         max_context: int | None = None, capture: bool = True) -> tuple[Model, OrtWebBackend, EnsureReport]:
+                         max_context: int | None = None, capture: bool = True, kernels: bool = True,
+                         kernel_lanes: int | None = None) -> tuple[Model, OrtWebBackend, EnsureReport]:
     """The model at `model_url` (a folder written by `webgemma export`), ready to generate, and what the store
     did to get its files (downloaded, refetched after a failed check).
 
     reverify: hash files already verified on an earlier visit again (otherwise a cached file is trusted when
     it was stored by this store after passing its check and still has its size).
-    capture: on WebGPU, decode through the graph-captured step session (webgemma.static_cache), which shares the
-    prefill session's weights and is recorded here, during loading; its fixed caches hold `max_context` tokens
+    capture: on WebGPU, decode one token at a time through fixed caches (webgemma.static_cache), sharing the
+    prefill session's weights, its first runs made here, during loading; the caches hold `max_context` tokens
     (default STEP_CONTEXT). Older exports, whose step graph has no masks, decode without it.
+    kernels: that step through the hand-written kernels (webgemma.kernel_plan) where the export is one they read
+    (int4) and they run; otherwise through the graph-captured step graph, and `report.step` says why.
+    kernel_lanes: see kernel_plan's `lanes` (tests).
     """
     phase = Laps()
     store = WebModelStore(model_url)
@@ -46,10 +51,22 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     model = await load_model(store, lambda _: backend, prefill_chunk=prefill_chunk, max_context=max_context)
     phase("tokenizer")
     if capture and backend.name == "webgpu":
-        step = await backend.step_session(await store.read(manifest.decoder["step_graph"]["path"]), external, manifest,
-                                          min(model.engine.max_context, max_context or STEP_CONTEXT), laps=phase)
-        model.engine.use_step_session(step)
-        await model.engine.record_step()  # over weights still being written: its results are thrown away
+        step_graph = await store.read(manifest.decoder["step_graph"]["path"])
+        context = min(model.engine.max_context, max_context or STEP_CONTEXT)
+        report.step = "graph"
+        if kernels:
+            try:
+                step = await backend.step_session(step_graph, external, manifest, context, laps=phase, kernels=True,
+                                                  lanes=kernel_lanes)
+                model.engine.use_step_session(step)
+                await model.engine.record_step()  # their first runs: WebGPU errors show here
+                report.step = "kernels"
+            except (KernelPlanError, RuntimeError) as e:
+                report.step = f"graph (the kernels: {e})"
+        if report.step != "kernels":
+            step = await backend.step_session(step_graph, external, manifest, context, laps=phase)
+            model.engine.use_step_session(step)
+            await model.engine.record_step()  # over weights still being written: its results are thrown away
         phase("record_step")
     if backend.weights is not None:
         await backend.weights.ready()

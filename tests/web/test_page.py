@@ -47,23 +47,39 @@ def run_page(page, site, **params) -> dict:
     return page.evaluate("window.webgemmaResult")
 
 
-@pytest.mark.parametrize("backend", ["wasm", "webgpu", "webgpu-capture"])
-@pytest.mark.parametrize("quant", ["fp32", "int4"])
+# webgpu-capture decodes through the step session: the hand-written kernels by default (int4), the captured step
+# graph with step=graph (and for fp32, which the kernels do not read); -lanes64 runs every kernel matvec with 64 lanes
+# per row (the default on the tiny model is 16; larger models take 64 and 256, slow on SwiftShader)
+STEP_VARIANTS = {"webgpu-capture": {}, "webgpu-capture-graph": {"step": "graph"}, "webgpu-capture-lanes64": {"kernel_lanes": "64"}}
+
+
+@pytest.mark.parametrize(("quant", "backend"), [
+    (quant, backend) for quant in ("fp32", "int4") for backend in ("wasm", "webgpu", *STEP_VARIANTS)
+    if quant == "int4" or backend in ("wasm", "webgpu", "webgpu-capture")  # fp32 always takes the step graph
+])
 def test_page_generates_the_cli_tokens(sites, offline_context, quant, backend):
     model, site = sites[quant]
-    backend, capture = backend.removesuffix("-capture"), backend.endswith("-capture")
+    variant = STEP_VARIANTS.get(backend)
+    capture = variant is not None
+    backend = "webgpu" if capture else backend
     # the prompt (~20 tokens) is longer than the window (8): the step session's sliding rings wrap from its first token
     tokens = WEBGPU_TOKENS + 8 * capture if backend == "webgpu" else WASM_TOKENS
+    if variant and "kernel_lanes" in variant:
+        tokens = WEBGPU_TOKENS  # a few seconds a token on SwiftShader
     context, _ = offline_context(site.url)
     page = context.new_page()
-    result = run_page(page, site, backend=backend, max_new_tokens=tokens, verbose="1", **({} if capture else {"capture": "0"}))
+    result = run_page(page, site, backend=backend, max_new_tokens=tokens, verbose="1",
+                      **(variant if capture else {"capture": "0"}))
     expected = cli_json(model, tokens)
     assert result.get("error") is None, result
     assert result["backend"] == backend
     assert (result["prompt_ids"], result["output_ids"], result["text"]) == (expected["prompt_ids"], expected["output_ids"], expected["text"])
     assert result["tokens_per_s"] > 0 and result["ttft_ms"] > 0 and result["prefill_tokens_per_s"] > 0
-    # by default the tokens after the first come from the graph-captured step session (webgemma.static_cache)
+    # by default the tokens after the first come from the step session (webgemma.static_cache)
     assert result["graph_capture"] == capture
+    if capture:
+        kernels = quant == "int4" and variant.get("step") != "graph"
+        assert result["step"] == "kernels" if kernels else result["step"].startswith("graph"), result["step"]
     if backend == "webgpu":
         placement = page.evaluate("window.webgemmaPlacement")
         assert list(placement["counts"]) == ["WebGpuExecutionProvider"], placement  # every node, none on CPU

@@ -8,6 +8,9 @@ seed=S raw=1 system=TEXT thinking=1 autorun=1 backend=webgpu|wasm max_context=N 
 verbose=1 (record onnxruntime's node placement) prefill_chunk=N; for benchmarks prompt_tokens=N (a synthetic raw
 prompt of N token ids), ignore_stop=1 (generate max_new_tokens whatever is sampled) and prefill_limit=N|0 (override
 the backend's causal_prefill_limit; 0 lifts it), capture=0 (decode without the graph-captured step session),
+step=graph (decode through the graph-captured step graph, not the hand-written WebGPU kernels of
+webgemma.kernel_plan), kernel_lanes=16|64|256 (every kernel matvec's lanes per row), profile=1 (the kernels' GPU time
+by kind in `kernel_profile_ms`),
 repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`),
 think_ms=N (wait N ms after loading before the prompt, as a reader typing it would). With
 autorun the page generates once and sets
@@ -151,7 +154,7 @@ def synthetic_prompt(model, length: int, variant: int = 0) -> list[int]:
     return [model.tokenizer.token_to_id("<bos>")] + [first + (i * 7919 + variant * 104729) % span for i in range(length - 1)]
 
 
-async def autorun(page: ChatPage, params: dict, load_phases: dict) -> None:
+async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) -> None:
     await asyncio.sleep(int(params.get("think_ms", 0)) / 1000)
     if params.get("ignore_stop") == "1":
         page.model.generator.stop_token_ids = []
@@ -168,13 +171,16 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict) -> None:
     for variant in range(1, int(params.get("repeat", 1)) if "prompt_tokens" in params else 0):
         again = await model.generator.generate(synthetic_prompt(model, len(ids), variant), page.settings())
         repeats.append({k: again.stats[k] for k in ("ttft_ms", "tokens_per_s", "prefill_tokens_per_s", "prefill_ms")})
+    static = page.model.engine.static
+    profile = await static.session.profile() if static and params.get("profile") == "1" else None
     browser.set_global("webgemmaResult", {
         "prompt_ids": outcome.prompt_ids, "output_ids": outcome.output_ids, "text": outcome.text,
         "finish_reason": outcome.finish_reason, "backend": page.backend.name, "ttft_ms": s["ttft_ms"],
         "tokens_per_s": s["tokens_per_s"], "prefill_tokens_per_s": s["prefill_tokens_per_s"],
         "load_ms": load_phases["total"], "load_phases_ms": load_phases, "prefill_ms": s["prefill_ms"],
         "memory": browser.memory_usage(), "ms_per_step": s["ms_per_step"], "graph_capture": s["graph_capture"],
-        "step_times": browser.get_global("webgemmaStepTimes"), "repeats": repeats,
+        "step_times": browser.get_global("webgemmaStepTimes"), "repeats": repeats, "step": step,
+        "kernel_profile_ms": profile,
     })
 
 
@@ -194,7 +200,9 @@ async def start(site: dict, env: dict, params: dict) -> None:
         params.get("model") or site["model_url"], ep=params.get("backend", "auto"), on_progress=on_progress,
         reverify=params.get("verify") == "1", verbose_log=params.get("verbose") == "1",
         max_context=int(params["max_context"]) if "max_context" in params else None,
-        prefill_chunk=int(params.get("prefill_chunk", 512)), capture=params.get("capture") != "0")
+        prefill_chunk=int(params.get("prefill_chunk", 512)), capture=params.get("capture") != "0",
+        kernels=params.get("step") != "graph",
+        kernel_lanes=int(params["kernel_lanes"]) if "kernel_lanes" in params else None)
     load_ms = (time.perf_counter() - t0) * 1000
     if "prefill_limit" in params:
         backend.causal_prefill_limit = int(params["prefill_limit"]) or None
@@ -211,7 +219,7 @@ async def start(site: dict, env: dict, params: dict) -> None:
     status(f"ready: {model.manifest.raw['source']['checkpoint']} ({quant}) on {backend.name}, loaded in {load_ms / 1000:.1f} s")
     page.enable(True)
     if params.get("autorun") == "1":
-        await autorun(page, params, report.phases_ms | {"total": load_ms})
+        await autorun(page, params, report.phases_ms | {"total": load_ms}, report.step)
 
 
 async def main() -> None:

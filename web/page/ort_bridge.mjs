@@ -54,7 +54,7 @@ export async function tensorBytes(tensor) {
 }
 
 // A buffer a session can bind as an input or output, rounded up to whole 16-byte rows.
-const storageBuffer = (device, bytes) => device.createBuffer({
+export const storageBuffer = (device, bytes) => device.createBuffer({
   size: Math.max(16, Math.ceil(bytes / 16) * 16),
   usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
 });

@@ -22,7 +22,8 @@ import numpy as np
 from .. import browser
 from ..browser import CachedFile, JsTensor
 from ..laps import Laps
-from ..onnx_bytes import ExternalWeight, graph_output_names, weights_as_inputs
+from ..kernel_plan import KernelPlan, kernel_plan
+from ..onnx_bytes import ExternalWeight, float_initializers, graph_output_names, weights_as_inputs
 from ..static_cache import step_caches
 
 ORT_URL = "vendor/ort/"  # relative to the page; the site builder puts onnxruntime-web there
@@ -177,9 +178,12 @@ class OrtWebBackend:
         return self.weights.feeds(weights)
 
     async def step_session(self, model: bytes, external_data: Mapping[str, CachedFile | bytes], manifest,
-                           context: int, laps: Laps | None = None) -> WebStepSession:
+                           context: int, laps: Laps | None = None, kernels: bool = False,
+                           lanes: int | None = None) -> WebStepSession:
         """The step graph under graph capture (WebGPU only), fed the weights the prefill session uses (one GPU copy),
-        its caches fixed buffers for `context` tokens (fewer where the adapter cannot bind a cache that large)."""
+        its caches fixed buffers for `context` tokens (fewer where the adapter cannot bind a cache that large).
+        kernels: the same step as hand-written kernels instead (webgemma.kernel_plan; KernelPlanError where the
+        export is not one they read; `lanes` see kernel_plan)."""
         if self.weights is None:
             raise ValueError("a step session needs the WebGPU EP and a backend created with shared_weights")
         io = manifest.decoder
@@ -187,22 +191,29 @@ class OrtWebBackend:
         limit = (self.adapter or {}).get("max_storage_buffer_binding_size", 128 * 2**20)
         context = min([context] + [limit // (4 * c["num_key_value_heads"] * c["head_dim"]) for c in io["cache"]])
         caches = [c | {"type": "float32"} for c in step_caches(io, context)]
-        rows = [{"name": c["output"], "type": "float32", "dims": [1, c["dims"][1], 1, c["dims"][3]]} for c in caches]
-        k = io["top_k"]["k"]
-        outputs = [{"name": io["top_k"]["values"], "type": "float32", "dims": [1, k]},
-                   {"name": io["top_k"]["ids"], "type": "int64", "dims": [1, k]}]
-        # the EP only gets its enableGraphCapture option when it is named by an object, not by a string
-        session_options = {"executionProviders": [{"name": "webgpu"}], "graphOptimizationLevel": "disabled",
-                           "preferredOutputLocation": "gpu-buffer"}
         lap = laps or Laps()
-        model, weights = weights_as_inputs(model)
-        feeds = await self._weight_feeds(weights, external_data)
-        lap("step_graph_edit")
-        step = await browser.ort_step_session(self._ort, model, feeds, session_options,
-                                              {"caches": caches, "rows": rows, "outputs": outputs})
+        graph, weights = weights_as_inputs(model)
+        if kernels:
+            plan = kernel_plan(manifest, weights, float_initializers(model), context, lanes)
+            await self.weights.upload(dict(external_data), weights)  # the prefill graph's: nothing new to upload
+            lap("step_graph_edit")
+            step = await browser.kernel_step(self._ort, self.weights, weights, plan)
+        else:
+            rows = [{"name": c["output"], "type": "float32", "dims": [1, c["dims"][1], 1, c["dims"][3]]} for c in caches]
+            k = io["top_k"]["k"]
+            outputs = [{"name": io["top_k"]["values"], "type": "float32", "dims": [1, k]},
+                       {"name": io["top_k"]["ids"], "type": "int64", "dims": [1, k]}]
+            # the EP only gets its enableGraphCapture option when it is named by an object, not by a string
+            session_options = {"executionProviders": [{"name": "webgpu"}], "graphOptimizationLevel": "disabled",
+                               "preferredOutputLocation": "gpu-buffer"}
+            feeds = await self._weight_feeds(weights, external_data)
+            lap("step_graph_edit")
+            step = await browser.ort_step_session(self._ort, graph, feeds, session_options,
+                                                  {"caches": caches, "rows": rows, "outputs": outputs})
+            plan = None
         lap("step_session")
         self._steps.append(step)  # released with this backend
-        return WebStepSession(step, caches, k)
+        return WebStepSession(step, caches, io["top_k"]["k"], plan)
 
     @property
     def creation_log(self) -> list[str]:
@@ -264,10 +275,12 @@ class OrtWebBackend:
 
 
 class WebStepSession:
-    """webgemma.static_cache.StepSession over the bridge's graph-captured StepSession."""
+    """webgemma.static_cache.StepSession over the bridge's graph-captured StepSession, or over the kernel step
+    (`plan` given: its inputs go as one block, its ids come back as uint32)."""
 
-    def __init__(self, step: browser.JsStepSession, caches: list[dict], k: int):
-        self._step, self.k = step, k
+    def __init__(self, step: browser.JsStepSession | browser.JsKernelStep, caches: list[dict], k: int,
+                 plan: KernelPlan | None = None):
+        self._step, self.k, self.plan = step, k, plan
         self.slots = {c["input"]: c["dims"][2] for c in caches}
         self._dims = {c["input"]: c["dims"] for c in caches}
 
@@ -281,5 +294,18 @@ class WebStepSession:
         self._step.copy(rows)
 
     async def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        if self.plan is not None:
+            return self.plan.read(await self._step.run(self.plan.pack(feeds)))
         data = await self._step.run(feeds)
         return (np.frombuffer(data, np.float32, self.k), np.frombuffer(data, np.int64, self.k, offset=4 * self.k))
+
+    async def profile(self) -> dict[str, float] | None:
+        """For benchmarks, the kernel step only: GPU milliseconds per kind of dispatch (qkv, attend, lm_head, ...) of
+        the last step run again, each dispatch timed alone; None without timestamp queries."""
+        ns = await self._step.profile() if self.plan is not None else None
+        if ns is None:
+            return None
+        out: dict[str, float] = {}
+        for d, t in zip(self.plan.dispatches, ns):
+            out[d.label or d.kernel] = out.get(d.label or d.kernel, 0.0) + t / 1e6
+        return out

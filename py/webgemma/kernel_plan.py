@@ -1,0 +1,370 @@
+"""The decode step as hand-written WebGPU kernels (web/page/wgsl.mjs), planned here, run by kernel_step.mjs.
+
+The same maths as the exporter's step graph (exporter/graph/decoder.py), over the same uploaded weights and fixed
+caches (webgemma.static_cache), in 9 dispatches per layer instead of ~30 onnxruntime nodes:
+
+    qkv      x = input_layernorm(h') with h' = (h + post_per_layer_input_norm(z)) * layer_scalar of the layer
+             before (every workgroup computes it; workgroup 0 stores h'), then q, k, v projections
+    heads    q_norm / k_norm / v_norm per head, RoPE on q and k
+    scores   q·K over the cache's used slots + mask
+    attend   softmax with the token's own key, weighted sum of V and its own value
+    o_proj
+    gate_up  x = pre_feedforward_layernorm(h + post_attention_layernorm(o)); gelu(gate x) * up x
+    down
+    ple_gate x = h + post_feedforward_layernorm(y); gelu(per_layer_input_gate x) * ple_i
+    ple_proj z = per_layer_projection(...)
+
+then the final norm, the tied lm_head by column chunk (softcap on the last), and top-k in stages of 2,048.
+
+Every vector lives in one buffer of 32-bit words (`act`) at offsets fixed here; the per-step inputs (token id,
+table row, RoPE row, masks, used slots) are written into it as one block per step. Only int4 exports with blocks of
+32 (the exporter's default) are planned; anything else raises KernelPlanError and decodes through the step graph.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .manifest import Manifest
+from .onnx_bytes import ExternalWeight
+from .static_cache import step_caches
+
+NONE = 0xFFFFFFFF
+MATVEC_GROUPS = 528  # matvec workgroups wanted at least (4 per SM of an H100), by taking more lanes per row
+# (measured on an H100: the MLP's down projection 1.64 → 0.89 ms per token with 256 lanes instead of 16)
+TOP_K_ROW = 2048  # candidates a top-k workgroup sorts in workgroup memory
+MAX_HIDDEN = 3072  # the prologue's vector in workgroup memory (wgsl.mjs)
+MAX_HEAD_DIM = 512
+MAX_GROUPS = 65535  # workgroups along one grid dimension
+
+PROLOGUE = ["hidden", "res", "branch", "w_branch", "scalar", "w_in", "h_out", "eps"]
+# each kernel's uniform struct U, field by field (wgsl.mjs); FLOATS are float32, the rest uint32
+UNIFORMS = {
+    "matvec": PROLOGUE + ["k", "in_off", "n0", "n1", "n2", "out0", "out1", "out2", "epi", "aux", "cap"],
+    "norm": PROLOGUE + ["out"],
+    "embed": ["token", "nb", "out", "scale"],
+    "per_layer": ["proj", "dim", "w", "rows", "scales", "out", "eps", "proj_scale"],
+    "heads": ["q", "heads", "d", "wq", "k_src", "k_dst", "wk", "v_src", "v_dst", "kv", "cos", "sin", "eps"],
+    "scores": ["q", "heads", "kv", "d", "slots", "used", "mask", "out"],
+    "attend": ["q", "heads", "kv", "d", "slots", "used", "scores", "knew", "vnew", "out"],
+    "top_k": ["vals", "ids", "n", "row", "k", "out_vals", "out_ids"],
+}
+FLOATS = {"eps", "cap", "scale", "proj_scale"}
+EPI_STORE, EPI_GELU_MUL, EPI_GELU_AUX, EPI_ADD = 0, 1, 2, 3
+
+
+class KernelPlanError(ValueError):
+    """The model cannot decode through the kernels (the message says why); the step graph still can."""
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    kernel: str
+    bindings: list[str]  # bindings 1.. : "act", "none", "w:<weight input>", "cache:<cache input>"
+    uniform: bytes
+    grid: tuple[int, int, int]
+    constants: dict = field(default_factory=dict)  # override constants (matvec: PRO, LANES)
+    label: str = ""  # what it computes, for profiles (qkv, heads, scores, attend, o_proj, gate_up, ...)
+
+
+@dataclass
+class KernelPlan:
+    act_words: int
+    constants: tuple[int, bytes]  # (word offset, float32 bytes): the norm weights and layer scalars, written once
+    caches: dict[str, int]  # cache input name → bytes
+    dispatches: list[Dispatch]
+    inputs: dict[str, int]  # step feed name → word offset in act; "used.<mask input>" → the used-slot count's
+    block: tuple[int, int]  # the per-step input block: (word offset, words)
+    output: tuple[int, int]  # top-k values then ids (uint32): (word offset, words)
+    rows: dict[str, int] = field(default_factory=dict)  # the step's new key/value rows (present names) → word offset
+    k: int = 64
+
+    def pack(self, feeds: dict[str, np.ndarray]) -> bytes:
+        """The per-step input block from the step feeds (webgemma.static_cache): every feed at its offset, and for
+        each mask the number of slots to attend over (up to its last visible one)."""
+        start, words = self.block
+        block = np.zeros(words, np.uint32)
+        for name, at in self.inputs.items():
+            if name.startswith("used."):
+                mask = np.asarray(feeds[name.removeprefix("used.")]).reshape(-1)
+                visible = np.flatnonzero(mask == 0)
+                block[at - start] = visible[-1] + 1 if len(visible) else 0
+                continue
+            a = np.ascontiguousarray(feeds[name]).reshape(-1)
+            if a.dtype == np.int64:
+                a = a.astype(np.uint32)
+            raw = a.view(np.uint8)
+            words_of = np.zeros(-(-raw.size // 4) * 4, np.uint8)
+            words_of[: raw.size] = raw
+            block[at - start : at - start + words_of.size // 4] = words_of.view(np.uint32)
+        return block.tobytes()
+
+    def read(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """(top values, their token ids as int64) from the output words."""
+        return np.frombuffer(data, np.float32, self.k), np.frombuffer(data, np.uint32, self.k, 4 * self.k).astype(np.int64)
+
+
+class _Words:
+    """Word offsets in act, each region 16-byte aligned (vec4 reads)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def take(self, words: int) -> int:
+        at = self.size
+        self.size += -(-words // 4) * 4
+        return at
+
+
+def _uniform(kernel: str, **values) -> bytes:
+    fields = UNIFORMS[kernel]
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"{kernel}: no uniform fields {sorted(unknown)}")
+    return b"".join(struct.pack("<f" if f in FLOATS else "<I", values.get(f, 0)) for f in fields)
+
+
+def _grid(groups: int) -> tuple[int, int, int]:
+    return (groups, 1, 1) if groups <= MAX_GROUPS else (MAX_GROUPS, -(-groups // MAX_GROUPS), 1)
+
+
+class _Weights:
+    """The step graph's int4 weights by checkpoint name (the exporter's names: <name>[.partN|.chunkN].qweight)."""
+
+    def __init__(self, weights: list[ExternalWeight], floats: dict[str, np.ndarray]):
+        self.by_name = {w.name: w for w in weights}
+        embed = [n for n in self.by_name if n.endswith(".qweight") and "embed_tokens.weight" in n]
+        if not embed:
+            raise KernelPlanError("the step graph has no int4 embedding table (embed_tokens.weight.qweight)")
+        self.prefix = embed[0][: embed[0].index("embed_tokens.weight")]
+        self.floats = floats
+
+    def parts(self, relative: str, piece: str) -> list[tuple[str, str, int, int]]:
+        """[(qweight input, scales input, rows, input size)] of a linear weight, in order."""
+        base = self.prefix + relative
+        if base + ".qweight" in self.by_name:
+            names = [base]
+        else:
+            names = []
+            while f"{base}.{piece}{len(names)}.qweight" in self.by_name:
+                names.append(f"{base}.{piece}{len(names)}")
+        if not names:
+            raise KernelPlanError(f"the step graph has no int4 weight {base}")
+        out = []
+        for name in names:
+            q = self.by_name[name + ".qweight"]
+            if q.dtype != 2 or len(q.dims) != 3 or q.dims[2] != 16:
+                raise KernelPlanError(f"{name}: not int4 in blocks of 32 ({q.dims}); the kernels read only those")
+            out.append((name + ".qweight", name + ".scales", q.dims[0], q.dims[1] * 32))
+        return out
+
+    def small(self, relative: str) -> np.ndarray:
+        name = self.prefix + relative
+        if name not in self.floats:
+            raise KernelPlanError(f"the step graph has no float32 constant {name}")
+        return np.asarray(self.floats[name], np.float32).reshape(-1)
+
+
+def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[str, np.ndarray],
+                context: int, lanes: int | None = None) -> KernelPlan:
+    """The kernels' plan for the step graph whose external weights are `weights` and whose float32 constants are
+    `floats` (webgemma.onnx_bytes), with caches of `context` slots for the global layers. lanes: every matvec's
+    lanes per row (16, 64 or 256; tests), instead of the choice by size."""
+    if lanes not in (None, 16, 64, 256):
+        raise ValueError(f"lanes must be 16, 64 or 256, not {lanes}")
+    arch, io = manifest.arch, manifest.decoder
+    if manifest.raw["quantization"]["weights"] != "int4" or manifest.raw["quantization"]["block_size"] != 32:
+        raise KernelPlanError("the kernels read int4 weights in blocks of 32; this export is "
+                              f"{manifest.raw['quantization']['weights']}")
+    if manifest.table["format"] != "int4" or manifest.table.get("block_size", 32) != 32:
+        raise KernelPlanError(f"the kernels read an int4 per-layer table; this one is {manifest.table['format']}")
+    hidden, layers, heads = arch["hidden_size"], arch["num_hidden_layers"], arch["num_attention_heads"]
+    types, dims, kvs = arch["layer_types"], arch["head_dim"], arch["num_key_value_heads"]
+    per_layer, vocab = arch["hidden_size_per_layer_input"], arch["vocab_size"]
+    eps = float(arch.get("rms_norm_eps", 1e-6))  # exports before the field: Gemma 4's value
+    cap = arch["final_logit_softcapping"] or 0.0
+    if hidden > MAX_HIDDEN or max(dims.values()) > MAX_HEAD_DIM or any(d % 32 for d in dims.values()):
+        raise KernelPlanError(f"hidden size {hidden} / head sizes {dims}: beyond what the kernels hold")
+    w = _Weights(weights, floats)
+    act = _Words()
+    # the per-step input block first, then the constants, the outputs and the vectors
+    inputs: dict[str, int] = {}
+    names = io["inputs"]
+    inputs[names["input_ids"]] = act.take(1)
+    inputs[names["per_layer_rows"]] = act.take(layers * per_layer // 8)
+    inputs[names["per_layer_scales"]] = act.take(layers * per_layer // 32)
+    caches = {c["input"]: c["dims"] for c in step_caches(io, context)}
+    masks = io["step_graph"]["masks"]
+    slots = {}
+    for kind in sorted(set(types)):
+        inputs[io["rope"][kind]["cos"]] = act.take(dims[kind] // 2)
+        inputs[io["rope"][kind]["sin"]] = act.take(dims[kind] // 2)
+        own = next(c for c in io["cache"] if c["type"] == kind)
+        slots[kind] = caches[own["past_key"]][2]
+        inputs[masks[kind]] = act.take(slots[kind])
+        inputs["used." + masks[kind]] = act.take(1)
+    block = (0, act.size)
+    constants: list[np.ndarray] = []
+    at_constant: dict[str, int] = {}
+    for name, value in sorted(floats.items()):
+        if name.startswith(w.prefix):  # the checkpoint's tensors (the graph's other constants are its own)
+            at_constant[name] = act.take(value.size)
+            constants.append(np.pad(np.asarray(value, np.float32).reshape(-1), (0, -value.size % 4)))
+    constants_at = block[1]
+
+    def param(relative: str) -> int:
+        w.small(relative)  # raises if missing
+        return at_constant[w.prefix + relative]
+
+    k = io["top_k"]["k"]
+    output = act.take(2 * k)
+    h = [act.take(hidden), act.take(hidden)]  # the residual stream, ping-pong (a prologue reads one, writes the other)
+    d_max = max(dims.values())
+    x, q, attn, o, y, z = (act.take(n) for n in (hidden, heads * d_max, heads * d_max, hidden, hidden, hidden))
+    k_raw, v_raw = act.take(max(kvs.values()) * d_max), act.take(max(kvs.values()) * d_max)
+    inner = act.take(max(p[2] for i in range(layers) for p in w.parts(f"layers.{i}.mlp.gate_proj.weight", "part")))
+    gate = act.take(per_layer)
+    proj, ple = act.take(layers * per_layer), act.take(layers * per_layer)
+    scores = act.take(heads * max(slots.values()))
+    logits = act.take(vocab)
+    rows: dict[str, int] = {}
+    for c in io["cache"]:
+        rows[c["present_key"]] = act.take(c["num_key_value_heads"] * c["head_dim"])
+        rows[c["present_value"]] = act.take(c["num_key_value_heads"] * c["head_dim"])
+
+    plan: list[Dispatch] = []
+
+    def matvec(label: str, sources, k_in: int, outs: list[int], *, pro: dict | None = None, in_off: int = 0,
+               epi: int = EPI_STORE, aux: int = 0, cap_: float = 0.0) -> None:
+        """sources: [(qweight, scales, rows, input size)], at most 3 (the rest in further dispatches)."""
+        for first in range(0, len(sources), 3):
+            group, group_outs = sources[first:first + 3], outs[first:first + 3]
+            if any(s[3] != k_in for s in group):
+                raise KernelPlanError(f"{group[0][0]}: input size {group[0][3]}, the plan gives {k_in}")
+            n = [s[2] for s in group] + [0] * (3 - len(group))
+            o = group_outs + [0] * (3 - len(group))
+            binding = ["act"] + [f"w:{name}" for s in group for name in s[:2]] + ["none", "none"] * (3 - len(group))
+            rows_ = n[0] if epi == EPI_GELU_MUL else sum(n)
+            # every workgroup of a prologue computes it again: those take more lanes only below one workgroup per SM
+            groups, row_lanes = (MATVEC_GROUPS // 4 if pro is not None else MATVEC_GROUPS), 16
+            while -(-rows_ * row_lanes // 256) < groups and row_lanes * 4 <= k_in // 8:
+                row_lanes *= 4
+            row_lanes = lanes or row_lanes
+            plan.append(Dispatch("matvec", binding, _uniform(
+                "matvec", hidden=hidden, eps=eps, k=k_in, in_off=in_off, n0=n[0], n1=n[1], n2=n[2], out0=o[0],
+                out1=o[1], out2=o[2], epi=epi, aux=aux, cap=cap_, **({"branch": NONE, "scalar": NONE, "w_in": NONE} | (pro or {}))),
+                _grid(-(-rows_ * row_lanes // 256)), {"PRO": int(pro is not None), "LANES": row_lanes}, label))
+
+    def offsets(sources, at: int) -> list[int]:
+        """Output offsets of stacked parts of one linear starting at `at`."""
+        out = []
+        for s in sources:
+            out.append(at)
+            at += s[2]
+        return out
+
+    # embedding (tied table, column chunks) and the per-layer inputs
+    chunks = sorted(((n, wt) for n, wt in w.by_name.items() if n.startswith(w.prefix + "embed_tokens.weight")
+                     and n.endswith(".qweight")), key=lambda item: _chunk_index(item[0]))
+    col = 0
+    embed = []
+    for name, wt in chunks:
+        nb = wt.dims[1]
+        plan.append(Dispatch("embed", ["act", "w:" + name, "w:" + name.removesuffix(".qweight") + ".scales"],
+                             _uniform("embed", token=inputs[names["input_ids"]], nb=nb, out=h[0] + col,
+                                      scale=hidden ** 0.5), _grid(-(-nb * 32 // 256))))
+        embed.append((name, name.removesuffix(".qweight") + ".scales", wt.dims[0], nb * 32, col))
+        col += nb * 32
+    if col != hidden:
+        raise KernelPlanError(f"the embedding chunks cover {col} of {hidden} columns")
+    src = w.parts("per_layer_model_projection.weight", "part")
+    matvec("per_layer_proj", src, hidden, offsets(src, proj), in_off=h[0])
+    plan.append(Dispatch("per_layer", ["act"], _uniform(
+        "per_layer", proj=proj, dim=per_layer, w=param("per_layer_projection_norm.weight"),
+        rows=inputs[names["per_layer_rows"]], scales=inputs[names["per_layer_scales"]], out=ple, eps=eps,
+        proj_scale=hidden ** -0.5), (layers, 1, 1)))
+
+    cur = 0  # which h holds the residual stream
+    finish = {}  # the previous layer's per-layer residual, applied by the next prologue
+    source_cache = {c["layer"]: c for c in io["cache"]}
+    for i in range(layers):
+        kind, d, kv = types[i], dims[types[i]], kvs[types[i]]
+        pre = f"layers.{i}."
+        src_layer = arch["kv_source"][i]
+        own = src_layer == i
+        cache = source_cache[src_layer]
+        sources = w.parts(pre + "self_attn.q_proj.weight", "part")
+        outs = offsets(sources, q)
+        if own:
+            ks, vs = w.parts(pre + "self_attn.k_proj.weight", "part"), w.parts(pre + "self_attn.v_proj.weight", "part")
+            sources, outs = sources + ks + vs, outs + offsets(ks, k_raw) + offsets(vs, v_raw)
+        matvec("qkv", sources, hidden, outs, pro=finish | {"res": h[cur], "h_out": h[1 - cur], "w_in": param(pre + "input_layernorm.weight")})
+        cur = 1 - cur
+        plan.append(Dispatch("heads", ["act"], _uniform(
+            "heads", q=q, heads=heads, d=d, wq=param(pre + "self_attn.q_norm.weight"), k_src=k_raw,
+            k_dst=rows[cache["present_key"]], wk=param(pre + "self_attn.k_norm.weight") if own else NONE, v_src=v_raw,
+            v_dst=rows[cache["present_value"]], kv=kv, cos=inputs[io["rope"][kind]["cos"]],
+            sin=inputs[io["rope"][kind]["sin"]], eps=eps), (heads + (2 * kv if own else 0), 1, 1)))
+        n_slots = slots[kind]
+        view = {"q": q, "heads": heads, "kv": kv, "d": d, "slots": n_slots, "used": inputs["used." + masks[kind]]}
+        plan.append(Dispatch("scores", ["act", "cache:" + cache["past_key"]], _uniform(
+            "scores", **view, mask=inputs[masks[kind]], out=scores), (-(-n_slots // 32), heads, 1)))
+        plan.append(Dispatch("attend", ["act", "cache:" + cache["past_value"]], _uniform(
+            "attend", **view, scores=scores, knew=rows[cache["present_key"]], vnew=rows[cache["present_value"]],
+            out=attn), (d // 32, heads, 1)))
+        src = w.parts(pre + "self_attn.o_proj.weight", "part")
+        matvec("o_proj", src, heads * d, offsets(src, o), in_off=attn)
+        gate_up = w.parts(pre + "mlp.gate_proj.weight", "part") + w.parts(pre + "mlp.up_proj.weight", "part")
+        if len(gate_up) != 2:
+            raise KernelPlanError(f"layer {i}: the MLP's gate and up weights are split in parts")
+        matvec("gate_up", gate_up, hidden, [inner, 0], epi=EPI_GELU_MUL, pro={
+            "res": h[cur], "h_out": h[1 - cur], "branch": o, "w_branch": param(pre + "post_attention_layernorm.weight"),
+            "w_in": param(pre + "pre_feedforward_layernorm.weight")})
+        cur = 1 - cur
+        src = w.parts(pre + "mlp.down_proj.weight", "part")
+        matvec("down", src, gate_up[0][2], offsets(src, y), in_off=inner)
+        src = w.parts(pre + "per_layer_input_gate.weight", "part")
+        if len(src) != 1:
+            raise KernelPlanError(f"layer {i}: the per-layer gate is split in parts")
+        matvec("ple_gate", src, hidden, [gate], epi=EPI_GELU_AUX, aux=ple + i * per_layer, pro={
+            "res": h[cur], "h_out": h[1 - cur], "branch": y, "w_branch": param(pre + "post_feedforward_layernorm.weight")})
+        cur = 1 - cur
+        src = w.parts(pre + "per_layer_projection.weight", "part")
+        matvec("ple_proj", src, per_layer, offsets(src, z), in_off=gate)
+        finish = {"branch": z, "w_branch": param(pre + "post_per_layer_input_norm.weight"),
+                  "scalar": param(pre + "layer_scalar")}
+
+    plan.append(Dispatch("norm", ["act"], _uniform(
+        "norm", hidden=hidden, eps=eps, res=h[cur], h_out=h[1 - cur], w_in=param("norm.weight"), out=x, **finish),
+        (1, 1, 1)))
+    for c, (qw, sw, n, width, col) in enumerate(embed):
+        matvec("lm_head", [(qw, sw, n, width)], width, [logits], in_off=x + col, epi=EPI_ADD if c else EPI_STORE,
+               cap_=cap if c == len(embed) - 1 else 0.0)
+    _top_k(plan, act, logits, vocab, k, output)
+    return KernelPlan(act.size, (constants_at, np.concatenate(constants).tobytes()),
+                      {name: 4 * math.prod(dims_) for name, dims_ in caches.items()}, plan, inputs, block,
+                      (output, 2 * k), rows, k)
+
+
+def _chunk_index(name: str) -> int:
+    part = name.removesuffix(".qweight").rsplit(".", 1)[-1]
+    return int(part.removeprefix("chunk")) if part.startswith("chunk") else 0
+
+
+def _top_k(plan: list[Dispatch], act: _Words, vals: int, n: int, k: int, output: int) -> None:
+    """Top-k in stages: rows of 2,048 keep their best k until one row is left (as exporter/graph/top_k.py)."""
+    ids = NONE
+    while True:
+        groups = -(-n // TOP_K_ROW)
+        last = groups == 1
+        out = output if last else act.take(2 * groups * k)
+        out_ids = output + k if last else out + groups * k
+        plan.append(Dispatch("top_k", ["act"], _uniform(
+            "top_k", vals=vals, ids=ids, n=n, row=TOP_K_ROW, k=k, out_vals=out, out_ids=out_ids), _grid(groups)))
+        if last:
+            return
+        vals, ids, n = out, out_ids, groups * k

@@ -1,0 +1,133 @@
+"""The hand-written decode step's plan (webgemma.kernel_plan) on real tiny exports: the uniforms it packs are the
+WGSL kernels' structs field by field, every weight and constant it names is the step graph's, its regions of the
+activation buffer do not overlap, and the per-step block holds the feeds where the kernels read them. Whether the
+kernels compute the model is the page test's (`webgpu-capture`: the CLI's tokens in Chromium)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.checkpoints import make_checkpoint
+from webgemma.kernel_plan import UNIFORMS, KernelPlanError, kernel_plan
+from webgemma.manifest import parse_manifest
+from webgemma.onnx_bytes import float_initializers, weights_as_inputs
+from webgemma_export.export import export
+
+WGSL = Path(__file__).parents[2] / "web" / "page" / "wgsl.mjs"
+KERNEL_CONSTS = {"matvec": "MATVEC", "norm": "NORM", "embed": "EMBED", "per_layer": "PER_LAYER", "heads": "HEADS",
+                 "scores": "SCORES", "attend": "ATTEND", "top_k": "TOP_K"}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("kernel-plan")
+    out = {}
+    for kind in ("e2b", "e4b"):
+        checkpoint = make_checkpoint(base / f"checkpoint-{kind}", kind=kind)
+        out[kind] = export(checkpoint, base / kind, quant="int4", log=lambda _: None)
+    out["fp32"] = export(make_checkpoint(base / "checkpoint-fp32"), base / "fp32", quant="fp32", log=lambda _: None)
+    return out
+
+
+def plan_of(folder: Path, context: int = 64, lanes: int | None = None):
+    manifest = parse_manifest((folder / "manifest.json").read_text())
+    step = (folder / manifest.decoder["step_graph"]["path"]).read_bytes()
+    _, weights = weights_as_inputs(step)
+    return manifest, weights, kernel_plan(manifest, weights, float_initializers(step), context, lanes)
+
+
+def test_uniforms_are_the_wgsl_structs_field_by_field():
+    source = WGSL.read_text()
+    prologue = re.search(r"const PROLOGUE_FIELDS = `([^`]*)`", source)[1]
+    for kernel, const in KERNEL_CONSTS.items():
+        body = re.search(rf"const {const} = /\* wgsl \*/ `(.*?)\n`;", source, re.S)[1]
+        struct = re.search(r"struct U \{(.*?)\}", body.replace("${PROLOGUE_FIELDS}", prologue), re.S)[1]
+        fields = [f.split(":")[0].strip() for f in struct.split(",") if f.strip()]
+        assert fields == UNIFORMS[kernel], kernel
+        assert f"{kernel}: {const}" in source.replace("\n", " ").replace("  ", " ")
+
+
+@pytest.mark.parametrize("kind", ["e2b", "e4b"])
+def test_the_plan_names_the_step_graphs_weights_and_nine_dispatches_a_layer(exports, kind):
+    manifest, weights, plan = plan_of(exports[kind])
+    names = {w.name for w in weights}
+    used = {b[2:] for d in plan.dispatches for b in d.bindings if b.startswith("w:")}
+    assert used == names  # every weight read, none invented
+    layers = manifest.arch["num_hidden_layers"]
+    per_layer = [d.label or d.kernel for d in plan.dispatches if d.label not in ("embed", "per_layer_proj", "lm_head")
+                 and d.kernel not in ("embed", "per_layer", "norm", "top_k")]
+    assert len(per_layer) == 9 * layers
+    assert per_layer[:9] == ["qkv", "heads", "scores", "attend", "o_proj", "gate_up", "down", "ple_gate", "ple_proj"]
+    caches = {b[6:] for d in plan.dispatches for b in d.bindings if b.startswith("cache:")}
+    assert caches == set(plan.caches)
+    for d in plan.dispatches:
+        assert len(d.uniform) == 4 * len(UNIFORMS[d.kernel]) and all(g >= 1 for g in d.grid)
+
+
+def test_regions_of_the_activation_buffer_do_not_overlap(exports):
+    manifest, _, plan = plan_of(exports["e2b"])
+    starts = list(plan.inputs.values()) + list(plan.rows.values())
+    assert len(set(starts)) == len(starts)
+    block_start, block_words = plan.block
+    assert all(block_start <= at < block_start + block_words for at in plan.inputs.values())
+    assert plan.constants[0] >= block_start + block_words and plan.output[0] + plan.output[1] <= plan.act_words
+    assert all(at + 1 <= plan.act_words for at in plan.rows.values())
+
+
+def test_the_step_block_holds_each_feed_where_the_kernels_read_it(exports):
+    manifest, _, plan = plan_of(exports["e2b"])
+    io = manifest.decoder
+    rng = np.random.default_rng(0)
+    feeds = {io["inputs"]["input_ids"]: np.array([[1234]], np.int64)}
+    width = manifest.arch["num_hidden_layers"] * manifest.arch["hidden_size_per_layer_input"]
+    feeds[io["inputs"]["per_layer_rows"]] = rng.integers(0, 256, (1, width // 2), dtype=np.uint8)
+    feeds[io["inputs"]["per_layer_scales"]] = rng.random((1, width // 32), dtype=np.float32)
+    for kind, names in io["rope"].items():
+        half = manifest.arch["head_dim"][kind] // 2
+        feeds[names["cos"]], feeds[names["sin"]] = rng.random((2, 1, half), dtype=np.float32)
+    masks = io["step_graph"]["masks"]
+    full = np.full((1, 64), -1e9, np.float32)
+    full[0, :5] = 0
+    ring = np.full((1, manifest.arch["sliding_window"]), -1e9, np.float32)
+    ring[0, [0, 2, 3]] = 0  # slot 1 left the window
+    feeds[masks["full_attention"]], feeds[masks["sliding_attention"]] = full, ring
+    words = np.frombuffer(plan.pack(feeds), np.uint32)
+    at = lambda name: plan.inputs[name] - plan.block[0]  # noqa: E731
+    assert words[at(io["inputs"]["input_ids"])] == 1234
+    rows = feeds[io["inputs"]["per_layer_rows"]].reshape(-1)
+    assert words[at(io["inputs"]["per_layer_rows"]):][: rows.size // 4].view(np.uint8).tolist() == rows.tolist()
+    for name in [io["inputs"]["per_layer_scales"], *(n for names in io["rope"].values() for n in names.values()), *masks.values()]:
+        value = feeds[name].reshape(-1)
+        assert np.array_equal(words[at(name):at(name) + value.size].view(np.float32), value), name
+    assert words[at("used." + masks["full_attention"])] == 5  # slots 0..4 hold the earlier positions
+    assert words[at("used." + masks["sliding_attention"])] == 4  # up to the last visible slot
+
+
+def test_the_output_words_are_values_then_ids():
+    from webgemma.kernel_plan import KernelPlan
+    plan = KernelPlan(0, (0, b""), {}, [], {}, (0, 0), (0, 4), {}, k=2)
+    values, ids = plan.read(np.array([1.5, -2.0], np.float32).tobytes() + np.array([7, 262143], np.uint32).tobytes())
+    assert values.tolist() == [1.5, -2.0] and ids.tolist() == [7, 262143] and ids.dtype == np.int64
+
+
+def test_exports_the_kernels_do_not_read_are_refused_with_the_reason(exports):
+    with pytest.raises(KernelPlanError, match="int4 weights in blocks of 32; this export is fp32"):
+        plan_of(exports["fp32"])
+    with pytest.raises(ValueError, match="lanes must be 16, 64 or 256"):
+        plan_of(exports["e2b"], lanes=32)
+
+
+@pytest.mark.parametrize("lanes", [16, 64, 256])
+def test_lanes_set_the_rows_per_workgroup(exports, lanes):
+    _, _, plan = plan_of(exports["e2b"], lanes=lanes)
+    for d in plan.dispatches:
+        if d.kernel == "matvec":
+            assert d.constants["LANES"] == lanes
+            n = np.frombuffer(d.uniform, np.uint32)[UNIFORMS["matvec"].index("n0"):][:3]
+            epi = np.frombuffer(d.uniform, np.uint32)[UNIFORMS["matvec"].index("epi")]
+            rows = int(n[0] if epi == 1 else n.sum())
+            assert d.grid[0] * d.grid[1] == -(-rows * lanes // 256)
