@@ -6,8 +6,8 @@ caches (webgemma.static_cache), in 9 dispatches per layer instead of ~30 onnxrun
     qkv      x = input_layernorm(h') with h' = (h + post_per_layer_input_norm(z)) * layer_scalar of the layer
              before (every workgroup computes it; workgroup 0 stores h'), then q, k, v projections
     heads    q_norm / k_norm / v_norm per head, RoPE on q and k
-    scores   q·K over the cache's used slots + mask
-    attend   softmax with the token's own key, weighted sum of V and its own value
+    attend   per chunk of 64 cache slots: q·K + mask, their softmax's max and sum, the weighted sum of V
+    merge    the chunks and the token's own key and value row
     o_proj
     gate_up  x = pre_feedforward_layernorm(h + post_attention_layernorm(o)); gelu(gate x) * up x
     down
@@ -37,6 +37,7 @@ NONE = 0xFFFFFFFF
 MATVEC_GROUPS = 528  # matvec workgroups wanted at least (4 per SM of an H100), by taking more lanes per row
 # (measured on an H100: the MLP's down projection 1.64 → 0.89 ms per token with 256 lanes instead of 16)
 TOP_K_ROW = 2048  # candidates a top-k workgroup sorts in workgroup memory
+ATTEND_CHUNK = 64  # cache slots per attention workgroup
 MAX_HIDDEN = 3072  # the prologue's vector in workgroup memory (wgsl.mjs)
 MAX_HEAD_DIM = 512
 MAX_GROUPS = 65535  # workgroups along one grid dimension
@@ -49,8 +50,8 @@ UNIFORMS = {
     "embed": ["token", "nb", "out", "scale"],
     "per_layer": ["proj", "dim", "w", "rows", "scales", "out", "eps", "proj_scale"],
     "heads": ["q", "heads", "d", "wq", "k_src", "k_dst", "wk", "v_src", "v_dst", "kv", "cos", "sin", "eps"],
-    "scores": ["q", "heads", "kv", "d", "slots", "used", "mask", "out"],
-    "attend": ["q", "heads", "kv", "d", "slots", "used", "scores", "knew", "vnew", "out"],
+    "attend_part": ["q", "heads", "kv", "d", "slots", "used", "mask", "parts"],
+    "attend_merge": ["q", "heads", "kv", "d", "used", "parts", "chunks", "knew", "vnew", "out"],
     "top_k": ["vals", "ids", "n", "row", "k", "out_vals", "out_ids"],
 }
 FLOATS = {"eps", "cap", "scale", "proj_scale"}
@@ -68,7 +69,7 @@ class Dispatch:
     uniform: bytes
     grid: tuple[int, int, int]
     constants: dict = field(default_factory=dict)  # override constants (matvec: PRO, LANES)
-    label: str = ""  # what it computes, for profiles (qkv, heads, scores, attend, o_proj, gate_up, ...)
+    label: str = ""  # what it computes, for profiles (qkv, heads, attend_part, o_proj, gate_up, ...)
 
 
 @dataclass
@@ -229,7 +230,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     inner = act.take(max(p[2] for i in range(layers) for p in w.parts(f"layers.{i}.mlp.gate_proj.weight", "part")))
     gate = act.take(per_layer)
     proj, ple = act.take(layers * per_layer), act.take(layers * per_layer)
-    scores = act.take(heads * max(slots.values()))
+    parts = act.take(heads * -(-max(slots.values()) // ATTEND_CHUNK) * (d_max + 2))
     logits = act.take(vocab)
     rows: dict[str, int] = {}
     for c in io["cache"]:
@@ -310,12 +311,13 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
             v_dst=rows[cache["present_value"]], kv=kv, cos=inputs[io["rope"][kind]["cos"]],
             sin=inputs[io["rope"][kind]["sin"]], eps=eps), (heads + (2 * kv if own else 0), 1, 1)))
         n_slots = slots[kind]
-        view = {"q": q, "heads": heads, "kv": kv, "d": d, "slots": n_slots, "used": inputs["used." + masks[kind]]}
-        plan.append(Dispatch("scores", ["act", "cache:" + cache["past_key"]], _uniform(
-            "scores", **view, mask=inputs[masks[kind]], out=scores), (-(-n_slots // 32), heads, 1)))
-        plan.append(Dispatch("attend", ["act", "cache:" + cache["past_value"]], _uniform(
-            "attend", **view, scores=scores, knew=rows[cache["present_key"]], vnew=rows[cache["present_value"]],
-            out=attn), (d // 32, heads, 1)))
+        view = {"q": q, "heads": heads, "kv": kv, "d": d, "used": inputs["used." + masks[kind]]}
+        chunks = -(-n_slots // ATTEND_CHUNK)
+        plan.append(Dispatch("attend_part", ["act", "cache:" + cache["past_key"], "cache:" + cache["past_value"]],
+                             _uniform("attend_part", **view, slots=n_slots, mask=inputs[masks[kind]], parts=parts), (chunks, heads, 1)))
+        plan.append(Dispatch("attend_merge", ["act"], _uniform(
+            "attend_merge", **view, parts=parts, chunks=chunks, knew=rows[cache["present_key"]],
+            vnew=rows[cache["present_value"]], out=attn), (heads, 1, 1)))
         src = w.parts(pre + "self_attn.o_proj.weight", "part")
         matvec("o_proj", src, heads * d, offsets(src, o), in_off=attn)
         gate_up = w.parts(pre + "mlp.gate_proj.weight", "part") + w.parts(pre + "mlp.up_proj.weight", "part")

@@ -19,7 +19,7 @@ from webgemma_export.export import export
 
 WGSL = Path(__file__).parents[2] / "web" / "page" / "wgsl.mjs"
 KERNEL_CONSTS = {"matvec": "MATVEC", "norm": "NORM", "embed": "EMBED", "per_layer": "PER_LAYER", "heads": "HEADS",
-                 "scores": "SCORES", "attend": "ATTEND", "top_k": "TOP_K"}
+                 "attend_part": "ATTEND_PART", "attend_merge": "ATTEND_MERGE", "top_k": "TOP_K"}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,8 @@ def test_the_plan_names_the_step_graphs_weights_and_nine_dispatches_a_layer(expo
     per_layer = [d.label or d.kernel for d in plan.dispatches if d.label not in ("embed", "per_layer_proj", "lm_head")
                  and d.kernel not in ("embed", "per_layer", "norm", "top_k")]
     assert len(per_layer) == 9 * layers
-    assert per_layer[:9] == ["qkv", "heads", "scores", "attend", "o_proj", "gate_up", "down", "ple_gate", "ple_proj"]
+    assert per_layer[:9] == ["qkv", "heads", "attend_part", "attend_merge", "o_proj", "gate_up", "down", "ple_gate",
+                             "ple_proj"]
     caches = {b[6:] for d in plan.dispatches for b in d.bindings if b.startswith("cache:")}
     assert caches == set(plan.caches)
     for d in plan.dispatches:

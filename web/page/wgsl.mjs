@@ -264,68 +264,93 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
 }
 `;
 
-// Attention scores of one query head over the cache's first act[used] slots: q·K[slot] + mask[slot], 8 lanes
-// per slot reading neighbouring parts of its key.
-const SCORES = /* wgsl */ `
-struct U { q: u32, heads: u32, kv: u32, d: u32, slots: u32, used: u32, mask: u32, out: u32, }
+// Attention in chunks of 64 slots (flash-decoding), a workgroup per chunk and query head: the chunk's scores
+// q·K[slot] + mask[slot] over the cache's first act[used] slots, their max m, sum l of exp(score - m) and the
+// exp-weighted sum of V, written as [m, l, acc[d]] per chunk and head for attend_merge.
+const ATTEND_PART = /* wgsl */ `
+struct U { q: u32, heads: u32, kv: u32, d: u32, slots: u32, used: u32, mask: u32, parts: u32, }
 @group(0) @binding(0) var<uniform> u: U;
 ${common()}
 @group(0) @binding(2) var<storage, read> keys: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> values: array<f32>;
 var<workgroup> qs: array<vec4<f32>, 128>;
+var<workgroup> ps: array<f32, 64>;
+var<workgroup> used_: u32;
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
   let h = wg.y;
+  let c = h / (u.heads / u.kv);
   let n = u.d / 4u;
   for (var i = t; i < n; i += 256u) {
     let at = u.q + h * u.d + 4u * i;
     qs[i] = vec4<f32>(ld(at), ld(at + 1u), ld(at + 2u), ld(at + 3u));
   }
-  workgroupBarrier();
-  let slot = wg.x * 32u + t / 8u;
-  let lane = t % 8u;
+  if (t == 0u) { used_ = act[u.used]; }
+  let used = workgroupUniformLoad(&used_);
+  let first = wg.x * 64u;
+  let out = u.parts + (h * nwg.x + wg.x) * (u.d + 2u);
+  if (first >= used) { return; }
+  let slot = first + t / 4u;
   var acc = 0.0;
-  if (slot < act[u.used]) {
-    let row = ((h / (u.heads / u.kv)) * u.slots + slot) * n;
-    for (var i = lane; i < n; i += 8u) { acc += dot(qs[i], keys[row + i]); }
+  if (slot < used) {
+    let row = (c * u.slots + slot) * n;
+    for (var i = t % 4u; i < n; i += 4u) { acc += dot(qs[i], keys[row + i]); }
   }
   red[t] = acc;
   workgroupBarrier();
-  if (lane != 0u || slot >= act[u.used]) { return; }
-  for (var l = 1u; l < 8u; l++) { acc += red[t + l]; }
-  st(u.out + h * u.slots + slot, acc + ld(u.mask + slot));
+  var score = -3.4e38;
+  if (t < 64u && first + t < used) {
+    score = red[4u * t] + red[4u * t + 1u] + red[4u * t + 2u] + red[4u * t + 3u] + ld(u.mask + first + t);
+  }
+  workgroupBarrier();
+  let m = reduce_max(score, t);
+  var p = 0.0;
+  if (t < 64u && first + t < used) { p = exp(score - m); }
+  if (t < 64u) { ps[t] = p; }
+  let l = reduce_sum(p, t);
+  let count = min(64u, used - first);
+  for (var j = t; j < u.d; j += 256u) {
+    var sum = 0.0;
+    for (var s = 0u; s < count; s++) { sum += ps[s] * values[(c * u.slots + first + s) * u.d + j]; }
+    st(out + 2u + j, sum);
+  }
+  if (t == 0u) {
+    st(out, m);
+    st(out + 1u, l);
+  }
 }
 `;
 
-// Softmax over [scores | the token's own score] and the weighted sum of [V | its own value row], for 32 dims of
-// one head per workgroup (8 lanes over the slots).
-const ATTEND = /* wgsl */ `
-struct U { q: u32, heads: u32, kv: u32, d: u32, slots: u32, used: u32, scores: u32, knew: u32, vnew: u32, out: u32, }
+// The chunks' parts merged with the token's own key and value row: softmax over every score, times V.
+const ATTEND_MERGE = /* wgsl */ `
+struct U { q: u32, heads: u32, kv: u32, d: u32, used: u32, parts: u32, chunks: u32, knew: u32, vnew: u32, out: u32, }
 @group(0) @binding(0) var<uniform> u: U;
 ${common()}
-@group(0) @binding(2) var<storage, read> values: array<f32>;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-  let h = wg.y;
+  let h = wg.x;
   let c = h / (u.heads / u.kv);
-  let used = act[u.used];
-  let sc = u.scores + h * u.slots;
   var own = 0.0;
   for (var j = t; j < u.d; j += 256u) { own += ld(u.q + h * u.d + j) * ld(u.knew + c * u.d + j); }
   own = reduce_sum(own, t);
+  let chunks = min(u.chunks, (act[u.used] + 63u) / 64u);
+  let base = u.parts + h * u.chunks * (u.d + 2u);
   var m = own;
-  for (var s = t; s < used; s += 256u) { m = max(m, ld(sc + s)); }
-  m = reduce_max(m, t);
-  var total = 0.0;
-  for (var s = t; s < used; s += 256u) { total += exp(ld(sc + s) - m); }
-  total = reduce_sum(total, t) + exp(own - m);
-  let dim = wg.x * 32u + t % 32u;
-  var acc = 0.0;
-  for (var s = t / 32u; s < used; s += 8u) { acc += exp(ld(sc + s) - m) * values[(c * u.slots + s) * u.d + dim]; }
-  red[t] = acc;
-  workgroupBarrier();
-  if (t >= 32u) { return; }
-  for (var l = 1u; l < 8u; l++) { acc += red[t + 32u * l]; }
-  st(u.out + h * u.d + dim, (acc + exp(own - m) * ld(u.vnew + c * u.d + dim)) / total);
+  for (var k = 0u; k < chunks; k++) { m = max(m, ld(base + k * (u.d + 2u))); }
+  var total = exp(own - m);
+  for (var k = 0u; k < chunks; k++) {
+    let at = base + k * (u.d + 2u);
+    total += ld(at + 1u) * exp(ld(at) - m);
+  }
+  for (var j = t; j < u.d; j += 256u) {
+    var sum = exp(own - m) * ld(u.vnew + c * u.d + j);
+    for (var k = 0u; k < chunks; k++) {
+      let at = base + k * (u.d + 2u);
+      sum += ld(at + 2u + j) * exp(ld(at) - m);
+    }
+    st(u.out + h * u.d + j, sum / total);
+  }
 }
 `;
 
@@ -375,6 +400,6 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
 `;
 
 export const KERNELS = {
-  matvec: MATVEC, norm: NORM, embed: EMBED, per_layer: PER_LAYER, heads: HEADS, scores: SCORES, attend: ATTEND,
-  top_k: TOP_K,
+  matvec: MATVEC, norm: NORM, embed: EMBED, per_layer: PER_LAYER, heads: HEADS, attend_part: ATTEND_PART,
+  attend_merge: ATTEND_MERGE, top_k: TOP_K,
 };
