@@ -95,13 +95,10 @@ class KernelPlan:
                 visible = np.flatnonzero(mask == 0)
                 block[at - start] = visible[-1] + 1 if len(visible) else 0
                 continue
-            a = np.ascontiguousarray(feeds[name]).reshape(-1)
-            if a.dtype == np.int64:
-                a = a.astype(np.uint32)
-            raw = a.view(np.uint8)
-            words_of = np.zeros(-(-raw.size // 4) * 4, np.uint8)
-            words_of[: raw.size] = raw
-            block[at - start : at - start + words_of.size // 4] = words_of.view(np.uint32)
+            a = np.asarray(feeds[name])
+            raw = (a.astype(np.uint32) if a.dtype == np.int64 else a).tobytes()
+            words_of = np.frombuffer(raw + b"\0" * (-len(raw) % 4), np.uint32)
+            block[at - start : at - start + words_of.size] = words_of
         return block.tobytes()
 
     def read(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -136,13 +133,12 @@ def _grid(groups: int) -> tuple[int, int, int]:
 class _Weights:
     """The step graph's int4 weights by checkpoint name (the exporter's names: <name>[.partN|.chunkN].qweight)."""
 
-    def __init__(self, weights: list[ExternalWeight], floats: dict[str, np.ndarray]):
+    def __init__(self, weights: list[ExternalWeight]):
         self.by_name = {w.name: w for w in weights}
         embed = [n for n in self.by_name if n.endswith(".qweight") and "embed_tokens.weight" in n]
         if not embed:
             raise KernelPlanError("the step graph has no int4 embedding table (embed_tokens.weight.qweight)")
         self.prefix = embed[0][: embed[0].index("embed_tokens.weight")]
-        self.floats = floats
 
     def parts(self, relative: str, piece: str) -> list[tuple[str, str, int, int]]:
         """[(qweight input, scales input, rows, input size)] of a linear weight, in order."""
@@ -162,13 +158,6 @@ class _Weights:
                 raise KernelPlanError(f"{name}: not int4 in blocks of 32 ({q.dims}); the kernels read only those")
             out.append((name + ".qweight", name + ".scales", q.dims[0], q.dims[1] * 32))
         return out
-
-    def small(self, relative: str) -> np.ndarray:
-        name = self.prefix + relative
-        if name not in self.floats:
-            raise KernelPlanError(f"the step graph has no float32 constant {name}")
-        return np.asarray(self.floats[name], np.float32).reshape(-1)
-
 
 def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[str, np.ndarray],
                 context: int, lanes: int | None = None) -> KernelPlan:
@@ -190,7 +179,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     cap = arch["final_logit_softcapping"] or 0.0
     if hidden > MAX_HIDDEN or max(dims.values()) > MAX_HEAD_DIM or any(d % 32 for d in dims.values()):
         raise KernelPlanError(f"hidden size {hidden} / head sizes {dims}: beyond what the kernels hold")
-    w = _Weights(weights, floats)
+    w = _Weights(weights)
     act = _Words()
     # the per-step input block first, then the constants, the outputs and the vectors
     inputs: dict[str, int] = {}
@@ -218,7 +207,8 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     constants_at = block[1]
 
     def param(relative: str) -> int:
-        w.small(relative)  # raises if missing
+        if w.prefix + relative not in at_constant:
+            raise KernelPlanError(f"the step graph has no float32 constant {w.prefix + relative}")
         return at_constant[w.prefix + relative]
 
     k = io["top_k"]["k"]

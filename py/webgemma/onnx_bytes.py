@@ -16,7 +16,7 @@ ValueInfoProto.name 1, type 2 → TypeProto.tensor_type 1 → elem_type 1, shape
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -88,16 +88,16 @@ def _graph(model: memoryview) -> memoryview:
 class _Tensor:
     """The TensorProto fields read here."""
 
-    dims: list[int]
+    dims: list[int] = field(default_factory=list)
     dtype: int = 0
     name: str = ""
     data: bytes = b""  # float_data (packed, or one fixed32 per field) or raw_data
-    entries: dict[str, str] | None = None  # external_data
+    entries: dict[str, str] = field(default_factory=dict)  # external_data
     external: bool = False
 
 
 def _tensor(payload: memoryview) -> _Tensor:
-    t = _Tensor([], entries={})
+    t = _Tensor()
     for f, span, value in _fields(payload):
         if f == 1:
             t.dims += _ints(span, value)

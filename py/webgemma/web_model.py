@@ -53,23 +53,30 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     if capture and backend.name == "webgpu":
         step_graph = await store.read(manifest.decoder["step_graph"]["path"])
         context = min(model.engine.max_context, max_context or STEP_CONTEXT)
-        report.step = "graph"
+        step = None
         if kernels:
             try:
                 step = await backend.step_session(step_graph, external, manifest, context, laps=phase, kernels=True,
                                                   lanes=kernel_lanes)
-                model.engine.use_step_session(step)
-                await model.engine.record_step()  # their first runs: WebGPU errors show here
+                await _start_step(model, step)  # the kernels' first runs: WebGPU errors show here
                 report.step = "kernels"
             except (KernelPlanError, RuntimeError) as e:
-                report.step = f"graph (the kernels: {e})"
-        if report.step != "kernels":
-            step = await backend.step_session(step_graph, external, manifest, context, laps=phase)
-            model.engine.use_step_session(step)
-            await model.engine.record_step()  # over weights still being written: its results are thrown away
+                if step is not None:
+                    await backend.discard_step(step)
+                step, report.step = None, f"graph (the kernels: {e})"
+        if step is None:
+            await _start_step(model, await backend.step_session(step_graph, external, manifest, context, laps=phase))
+            report.step = report.step or "graph"
         phase("record_step")
     if backend.weights is not None:
         await backend.weights.ready()
         phase("weights")
     report.phases_ms = phase.ms
     return model, backend, report
+
+
+async def _start_step(model: Model, step) -> None:
+    """Decode through `step` from now on, its first runs made now, over weights maybe still being written (their
+    results are thrown away)."""
+    model.engine.use_step_session(step)
+    await model.engine.record_step()

@@ -8,7 +8,7 @@
 // rows: {new row name: word offset}}
 
 import { KERNELS } from "./wgsl.mjs";
-import { storageBuffer } from "./ort_bridge.mjs";
+import { countStepTimes, readStaging, storageBuffer } from "./ort_bridge.mjs";
 
 const UNIFORM_STRIDE = 256;  // minUniformBufferOffsetAlignment's largest allowed value
 
@@ -114,14 +114,8 @@ class KernelStep {
     const t1 = performance.now();
     const error = checked && await this.device.popErrorScope();
     if (error) throw new Error(`the kernel step failed on the GPU: ${error.message}`);
-    await this.staging.mapAsync(GPUMapMode.READ);
-    const bytes = new Uint8Array(this.staging.getMappedRange().slice(0));
-    this.staging.unmap();
-    // where a step's time goes, for benchmarks (the same keys as ort_bridge.mjs StepSession)
-    const times = (globalThis.webgemmaStepTimes ??= { runs: 0, write_ms: 0, run_ms: 0, read_ms: 0 });
-    times.runs += 1;
-    times.run_ms += t1 - t0;
-    times.read_ms += performance.now() - t1;
+    const bytes = await readStaging(this.staging);
+    countStepTimes(0, t1 - t0, performance.now() - t1);  // the block's write is queued with the pass
     return bytes;
   }
 
@@ -146,10 +140,8 @@ class KernelStep {
     encoder.resolveQuerySet(querySet, 0, 2 * n, resolved, 0);
     encoder.copyBufferToBuffer(resolved, 0, read, 0, 16 * n);
     this.device.queue.submit([encoder.finish()]);
-    await read.mapAsync(GPUMapMode.READ);
-    const stamps = new BigInt64Array(read.getMappedRange());
+    const stamps = new BigInt64Array((await readStaging(read)).buffer);
     const ns = Array.from({ length: n }, (_, i) => Number(stamps[2 * i + 1] - stamps[2 * i]));
-    read.unmap();
     for (const b of [resolved, read]) b.destroy();
     querySet.destroy();
     return ns;

@@ -121,6 +121,24 @@ export function destroyBuffers(buffers) {
   buffers.clear();
 }
 
+// A MAP_READ buffer's bytes, copied out once the queue's work before this call is done.
+export async function readStaging(staging) {
+  await staging.mapAsync(GPUMapMode.READ);
+  const bytes = new Uint8Array(staging.getMappedRange().slice(0));
+  staging.unmap();
+  return bytes;
+}
+
+// Where a decode step's time goes, for benchmarks (globalThis.webgemmaStepTimes, the page's `step_times`): writing
+// its inputs, running it (JS and onnxruntime's CPU side), waiting for the result, in milliseconds.
+export function countStepTimes(write, run, read) {
+  const times = (globalThis.webgemmaStepTimes ??= { runs: 0, write_ms: 0, run_ms: 0, read_ms: 0 });
+  times.runs += 1;
+  times.write_ms += write;
+  times.run_ms += run;
+  times.read_ms += read;
+}
+
 // Step decoding under graph capture (webgemma.static_cache): onnxruntime records the step graph's GPU commands
 // once and replays them, so every input and output must be the same GPU buffer on every run. The graph reads the
 // caches; its new key/value rows stay on the GPU and are copied into their slots (`copy`); the other inputs are
@@ -188,15 +206,8 @@ class StepSession {
       offset += bytes;
     }
     this.device.queue.submit([encoder.finish()]);
-    await this.staging.mapAsync(GPUMapMode.READ);
-    const bytes = new Uint8Array(this.staging.getMappedRange().slice(0));
-    this.staging.unmap();
-    // where a step's time goes, for benchmarks: writing inputs, session.run (the replay), waiting for the result
-    const times = (globalThis.webgemmaStepTimes ??= { runs: 0, write_ms: 0, run_ms: 0, read_ms: 0 });
-    times.runs += 1;
-    times.write_ms += t1 - t0;
-    times.run_ms += t2 - t1;
-    times.read_ms += performance.now() - t2;
+    const bytes = await readStaging(this.staging);
+    countStepTimes(t1 - t0, t2 - t1, performance.now() - t2);  // session.run is the replay
     return bytes;
   }
 

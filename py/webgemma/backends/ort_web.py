@@ -215,6 +215,11 @@ class OrtWebBackend:
         self._steps.append(step)  # released with this backend
         return WebStepSession(step, caches, io["top_k"]["k"], plan)
 
+    async def discard_step(self, step: WebStepSession) -> None:
+        """Releases a step session that will not be used (a kernel step that failed while loading)."""
+        self._steps.remove(step._step)
+        await step._step.release()
+
     @property
     def creation_log(self) -> list[str]:
         return self._session.log
