@@ -590,8 +590,13 @@ class JsKernelStep(JsStepSession):
         except JsException as e:
             raise RuntimeError(str(e)) from None
 
+    def configure(self, *, time_steps: bool, encode_ahead: bool, submits: int) -> None:
+        self._s.configure(to_js({"timeSteps": time_steps, "encodeAhead": encode_ahead, "submits": submits},
+                                dict_converter=js.Object.fromEntries))
+
     async def profile(self) -> list[float] | None:
-        """GPU nanoseconds of each dispatch of the last step run again (None without timestamp queries)."""
+        """GPU nanoseconds of each dispatch of the last step run again, then of the whole step in one pass (None
+        without timestamp queries)."""
         ns = await self._s.profile()
         return None if ns is None else ns.to_py()
 

@@ -1,17 +1,19 @@
 """The decode step as hand-written WebGPU kernels (web/page/wgsl.mjs), planned here, run by kernel_step.mjs.
 
 The same maths as the exporter's step graph (exporter/graph/decoder.py), over the same uploaded weights and fixed
-caches (webgemma.static_cache), in 9 dispatches per layer instead of ~30 onnxruntime nodes:
+caches (webgemma.static_cache), in 12 dispatches per layer instead of ~30 onnxruntime nodes:
 
-    qkv      x = input_layernorm(h') with h' = (h + post_per_layer_input_norm(z)) * layer_scalar of the layer
-             before (every workgroup computes it; workgroup 0 stores h'), then q, k, v projections
+    norm     h' = (h + post_per_layer_input_norm(z)) * layer_scalar of the layer before; x = input_layernorm(h')
+    qkv      q, k, v projections of x
     heads    q_norm / k_norm / v_norm per head, RoPE on q and k
     attend   per chunk of 64 cache slots: q·K + mask, their softmax's max and sum, the weighted sum of V
     merge    the chunks and the token's own key and value row
     o_proj
-    gate_up  x = pre_feedforward_layernorm(h + post_attention_layernorm(o)); gelu(gate x) * up x
+    norm     h' = h + post_attention_layernorm(o); x = pre_feedforward_layernorm(h')
+    gate_up  gelu(gate x) * up x
     down
-    ple_gate x = h + post_feedforward_layernorm(y); gelu(per_layer_input_gate x) * ple_i
+    norm     h' = h + post_feedforward_layernorm(y)
+    ple_gate gelu(per_layer_input_gate h') * ple_i
     ple_proj z = per_layer_projection(...)
 
 then the final norm, the tied lm_head by column chunk (softcap on the last), and top-k in stages of 2,048.
@@ -35,23 +37,23 @@ from .static_cache import step_caches
 
 NONE = 0xFFFFFFFF
 MATVEC_GROUPS = 528  # matvec workgroups wanted at least (4 per SM of an H100), by taking more lanes per row
-# (measured on an H100: the MLP's down projection 1.64 → 0.89 ms per token with 256 lanes instead of 16)
+MATVEC_WORDS = 8  # weight words a matvec lane reads at most (all at once: registers)
+LANES = (8, 16, 32, 64, 128, 256)
 TOP_K_ROW = 2048  # candidates a top-k workgroup sorts in workgroup memory
 ATTEND_CHUNK = 64  # cache slots per attention workgroup
-MAX_HIDDEN = 3072  # the prologue's vector in workgroup memory (wgsl.mjs)
-MAX_HEAD_DIM = 512
+MAX_SLOTS = ATTEND_CHUNK * 1024  # the merge's chunk weights in workgroup memory (wgsl.mjs MAX_CHUNKS)
+HEAD_DIMS = (16, 32, 64, 128, 256, 512)  # the attention's lanes: 4 a slot, a column of 4 values each
 MAX_GROUPS = 65535  # workgroups along one grid dimension
 
-PROLOGUE = ["hidden", "res", "branch", "w_branch", "scalar", "w_in", "h_out", "eps"]
 # each kernel's uniform struct U, field by field (wgsl.mjs); FLOATS are float32, the rest uint32
 UNIFORMS = {
-    "matvec": PROLOGUE + ["k", "in_off", "n0", "n1", "n2", "out0", "out1", "out2", "epi", "aux", "cap"],
-    "norm": PROLOGUE + ["out"],
+    "matvec": ["k", "in_off", "n0", "n1", "n2", "out0", "out1", "out2", "epi", "aux", "cap"],
+    "norm": ["hidden", "res", "branch", "w_branch", "scalar", "w_in", "h_out", "eps", "out"],
     "embed": ["token", "nb", "out", "scale"],
     "per_layer": ["proj", "dim", "w", "rows", "scales", "out", "eps", "proj_scale"],
     "heads": ["q", "heads", "d", "wq", "k_src", "k_dst", "wk", "v_src", "v_dst", "kv", "cos", "sin", "eps"],
-    "attend_part": ["q", "heads", "kv", "d", "slots", "used", "mask", "parts"],
-    "attend_merge": ["q", "heads", "kv", "d", "used", "parts", "chunks", "knew", "vnew", "out"],
+    "attend_part": ["q", "heads", "kv", "d", "slots", "used", "mask", "parts", "stats"],
+    "attend_merge": ["q", "heads", "kv", "d", "used", "parts", "stats", "chunks", "knew", "vnew", "out"],
     "top_k": ["vals", "ids", "n", "row", "k", "out_vals", "out_ids"],
 }
 FLOATS = {"eps", "cap", "scale", "proj_scale"}
@@ -68,7 +70,7 @@ class Dispatch:
     bindings: list[str]  # bindings 1.. : "act", "none", "w:<weight input>", "cache:<cache input>"
     uniform: bytes
     grid: tuple[int, int, int]
-    constants: dict = field(default_factory=dict)  # override constants (matvec: PRO, LANES)
+    constants: dict = field(default_factory=dict)  # what its WGSL is specialized for (matvec: LANES, PER; attention: D)
     label: str = ""  # what it computes, for profiles (qkv, heads, attend_part, o_proj, gate_up, ...)
 
 
@@ -163,9 +165,9 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
                 context: int, lanes: int | None = None) -> KernelPlan:
     """The kernels' plan for the step graph whose external weights are `weights` and whose float32 constants are
     `floats` (webgemma.onnx_bytes), with caches of `context` slots for the global layers. lanes: every matvec's
-    lanes per row (16, 64 or 256; tests), instead of the choice by size."""
-    if lanes not in (None, 16, 64, 256):
-        raise ValueError(f"lanes must be 16, 64 or 256, not {lanes}")
+    lanes per row (8 to 256, a power of two; tests), instead of the choice by size."""
+    if lanes not in (None, *LANES):
+        raise ValueError(f"lanes must be one of {LANES}, not {lanes}")
     arch, io = manifest.arch, manifest.decoder
     if manifest.raw["quantization"]["weights"] != "int4" or manifest.raw["quantization"]["block_size"] != 32:
         raise KernelPlanError("the kernels read int4 weights in blocks of 32; this export is "
@@ -177,8 +179,9 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     per_layer, vocab = arch["hidden_size_per_layer_input"], arch["vocab_size"]
     eps = float(arch.get("rms_norm_eps", 1e-6))  # exports before the field: Gemma 4's value
     cap = arch["final_logit_softcapping"] or 0.0
-    if hidden > MAX_HIDDEN or max(dims.values()) > MAX_HEAD_DIM or any(d % 32 for d in dims.values()):
-        raise KernelPlanError(f"hidden size {hidden} / head sizes {dims}: beyond what the kernels hold")
+    if any(d not in HEAD_DIMS for d in dims.values()) or context > MAX_SLOTS:
+        raise KernelPlanError(f"head sizes {dims} / context {context}: beyond what the kernels hold (heads of "
+                              f"{HEAD_DIMS}, context ≤ {MAX_SLOTS})")
     w = _Weights(weights)
     act = _Words()
     # the per-step input block first, then the constants, the outputs and the vectors
@@ -213,14 +216,15 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
 
     k = io["top_k"]["k"]
     output = act.take(2 * k)
-    h = [act.take(hidden), act.take(hidden)]  # the residual stream, ping-pong (a prologue reads one, writes the other)
+    h = [act.take(hidden), act.take(hidden)]  # the residual stream, ping-pong (a norm reads one, writes the other)
     d_max = max(dims.values())
     x, q, attn, o, y, z = (act.take(n) for n in (hidden, heads * d_max, heads * d_max, hidden, hidden, hidden))
     k_raw, v_raw = act.take(max(kvs.values()) * d_max), act.take(max(kvs.values()) * d_max)
     inner = act.take(max(p[2] for i in range(layers) for p in w.parts(f"layers.{i}.mlp.gate_proj.weight", "part")))
     gate = act.take(per_layer)
     proj, ple = act.take(layers * per_layer), act.take(layers * per_layer)
-    parts = act.take(heads * -(-max(slots.values()) // ATTEND_CHUNK) * (d_max + 2))
+    chunks_max = -(-max(slots.values()) // ATTEND_CHUNK)
+    parts, stats = act.take(heads * chunks_max * d_max), act.take(heads * chunks_max * 2)
     logits = act.take(vocab)
     rows: dict[str, int] = {}
     for c in io["cache"]:
@@ -229,9 +233,14 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
 
     plan: list[Dispatch] = []
 
-    def matvec(label: str, sources, k_in: int, outs: list[int], *, pro: dict | None = None, in_off: int = 0,
+    def matvec(label: str, sources, k_in: int, outs: list[int], *, norm: dict | None = None, in_off: int = 0,
                epi: int = EPI_STORE, aux: int = 0, cap_: float = 0.0) -> None:
-        """sources: [(qweight, scales, rows, input size)], at most 3 (the rest in further dispatches)."""
+        """sources: [(qweight, scales, rows, input size)], at most 3 (the rest in further dispatches). norm: a norm
+        dispatch's fields before it (the NORM kernel), whose x is the input."""
+        if norm is not None:
+            plan.append(Dispatch("norm", ["act"], _uniform("norm", hidden=hidden, eps=eps, out=x, **(
+                {"branch": NONE, "scalar": NONE, "w_in": NONE} | norm)), (1, 1, 1), label="norm"))
+            in_off = x
         for first in range(0, len(sources), 3):
             group, group_outs = sources[first:first + 3], outs[first:first + 3]
             if any(s[3] != k_in for s in group):
@@ -240,15 +249,11 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
             o = group_outs + [0] * (3 - len(group))
             binding = ["act"] + [f"w:{name}" for s in group for name in s[:2]] + ["none", "none"] * (3 - len(group))
             rows_ = n[0] if epi == EPI_GELU_MUL else sum(n)
-            # every workgroup of a prologue computes it again: those take more lanes only below one workgroup per SM
-            groups, row_lanes = (MATVEC_GROUPS // 4 if pro is not None else MATVEC_GROUPS), 16
-            while -(-rows_ * row_lanes // 256) < groups and row_lanes * 4 <= k_in // 8:
-                row_lanes *= 4
-            row_lanes = lanes or row_lanes
+            row_lanes = lanes or _lanes(k_in // 8, rows_)
             plan.append(Dispatch("matvec", binding, _uniform(
-                "matvec", hidden=hidden, eps=eps, k=k_in, in_off=in_off, n0=n[0], n1=n[1], n2=n[2], out0=o[0],
-                out1=o[1], out2=o[2], epi=epi, aux=aux, cap=cap_, **({"branch": NONE, "scalar": NONE, "w_in": NONE} | (pro or {}))),
-                _grid(-(-rows_ * row_lanes // 256)), {"PRO": int(pro is not None), "LANES": row_lanes}, label))
+                "matvec", k=k_in, in_off=in_off, n0=n[0], n1=n[1], n2=n[2], out0=o[0], out1=o[1], out2=o[2], epi=epi,
+                aux=aux, cap=cap_), _grid(-(-rows_ * row_lanes // 256)),
+                {"LANES": row_lanes, "PER": -(-k_in // 8 // row_lanes)}, label))
 
     def offsets(sources, at: int) -> list[int]:
         """Output offsets of stacked parts of one linear starting at `at`."""
@@ -280,7 +285,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         proj_scale=hidden ** -0.5), (layers, 1, 1)))
 
     cur = 0  # which h holds the residual stream
-    finish = {}  # the previous layer's per-layer residual, applied by the next prologue
+    finish = {}  # the previous layer's per-layer residual, applied by the next layer's first norm
     source_cache = {c["layer"]: c for c in io["cache"]}
     for i in range(layers):
         kind, d, kv = types[i], dims[types[i]], kvs[types[i]]
@@ -293,7 +298,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         if own:
             ks, vs = w.parts(pre + "self_attn.k_proj.weight", "part"), w.parts(pre + "self_attn.v_proj.weight", "part")
             sources, outs = sources + ks + vs, outs + offsets(ks, k_raw) + offsets(vs, v_raw)
-        matvec("qkv", sources, hidden, outs, pro=finish | {"res": h[cur], "h_out": h[1 - cur], "w_in": param(pre + "input_layernorm.weight")})
+        matvec("qkv", sources, hidden, outs, norm=finish | {"res": h[cur], "h_out": h[1 - cur], "w_in": param(pre + "input_layernorm.weight")})
         cur = 1 - cur
         plan.append(Dispatch("heads", ["act"], _uniform(
             "heads", q=q, heads=heads, d=d, wq=param(pre + "self_attn.q_norm.weight"), k_src=k_raw,
@@ -304,16 +309,17 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         view = {"q": q, "heads": heads, "kv": kv, "d": d, "used": inputs["used." + masks[kind]]}
         chunks = -(-n_slots // ATTEND_CHUNK)
         plan.append(Dispatch("attend_part", ["act", "cache:" + cache["past_key"], "cache:" + cache["past_value"]],
-                             _uniform("attend_part", **view, slots=n_slots, mask=inputs[masks[kind]], parts=parts), (chunks, heads, 1)))
+                             _uniform("attend_part", **view, slots=n_slots, mask=inputs[masks[kind]], parts=parts,
+                                      stats=stats), (chunks, heads, 1), {"D": d}))
         plan.append(Dispatch("attend_merge", ["act"], _uniform(
-            "attend_merge", **view, parts=parts, chunks=chunks, knew=rows[cache["present_key"]],
-            vnew=rows[cache["present_value"]], out=attn), (heads, 1, 1)))
+            "attend_merge", **view, parts=parts, stats=stats, chunks=chunks, knew=rows[cache["present_key"]],
+            vnew=rows[cache["present_value"]], out=attn), (heads, 1, 1), {"D": d}))
         src = w.parts(pre + "self_attn.o_proj.weight", "part")
         matvec("o_proj", src, heads * d, offsets(src, o), in_off=attn)
         gate_up = w.parts(pre + "mlp.gate_proj.weight", "part") + w.parts(pre + "mlp.up_proj.weight", "part")
         if len(gate_up) != 2:
             raise KernelPlanError(f"layer {i}: the MLP's gate and up weights are split in parts")
-        matvec("gate_up", gate_up, hidden, [inner, 0], epi=EPI_GELU_MUL, pro={
+        matvec("gate_up", gate_up, hidden, [inner, 0], epi=EPI_GELU_MUL, norm={
             "res": h[cur], "h_out": h[1 - cur], "branch": o, "w_branch": param(pre + "post_attention_layernorm.weight"),
             "w_in": param(pre + "pre_feedforward_layernorm.weight")})
         cur = 1 - cur
@@ -322,7 +328,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         src = w.parts(pre + "per_layer_input_gate.weight", "part")
         if len(src) != 1:
             raise KernelPlanError(f"layer {i}: the per-layer gate is split in parts")
-        matvec("ple_gate", src, hidden, [gate], epi=EPI_GELU_AUX, aux=ple + i * per_layer, pro={
+        matvec("ple_gate", src, hidden, [gate], epi=EPI_GELU_AUX, aux=ple + i * per_layer, norm={
             "res": h[cur], "h_out": h[1 - cur], "branch": y, "w_branch": param(pre + "post_feedforward_layernorm.weight")})
         cur = 1 - cur
         src = w.parts(pre + "per_layer_projection.weight", "part")
@@ -340,6 +346,15 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     return KernelPlan(act.size, (constants_at, np.concatenate(constants).tobytes()),
                       {name: 4 * math.prod(dims_) for name, dims_ in caches.items()}, plan, inputs, block,
                       (output, 2 * k), rows, k)
+
+
+def _lanes(words: int, rows: int) -> int:
+    """Lanes per row of a matvec over rows of `words` weight words: enough that each reads at most MATVEC_WORDS,
+    then more while workgroups are few and lanes read more than one word (a row's loads then go out in parallel)."""
+    lanes = next((n for n in LANES if -(-words // n) <= MATVEC_WORDS), LANES[-1])
+    while lanes < LANES[-1] and words > lanes and -(-rows * lanes // 256) < MATVEC_GROUPS:
+        lanes *= 2
+    return lanes
 
 
 def _chunk_index(name: str) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.support.checkpoints import make_checkpoint
-from webgemma.kernel_plan import UNIFORMS, KernelPlanError, kernel_plan
+from webgemma.kernel_plan import MAX_SLOTS, UNIFORMS, KernelPlanError, kernel_plan
 from webgemma.manifest import parse_manifest
 from webgemma.onnx_bytes import float_initializers, weights_as_inputs
 from webgemma_export.export import export
@@ -33,36 +33,36 @@ def exports(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def plan_of(folder: Path, context: int = 64, lanes: int | None = None):
+def plan_of(folder: Path, context: int = 64, **options):
     manifest = parse_manifest((folder / "manifest.json").read_text())
     step = (folder / manifest.decoder["step_graph"]["path"]).read_bytes()
     _, weights = weights_as_inputs(step)
-    return manifest, weights, kernel_plan(manifest, weights, float_initializers(step), context, lanes)
+    return manifest, weights, kernel_plan(manifest, weights, float_initializers(step), context, **options)
 
 
 def test_uniforms_are_the_wgsl_structs_field_by_field():
     source = WGSL.read_text()
-    prologue = re.search(r"const PROLOGUE_FIELDS = `([^`]*)`", source)[1]
     for kernel, const in KERNEL_CONSTS.items():
-        body = re.search(rf"const {const} = /\* wgsl \*/ `(.*?)\n`;", source, re.S)[1]
-        struct = re.search(r"struct U \{(.*?)\}", body.replace("${PROLOGUE_FIELDS}", prologue), re.S)[1]
+        body = re.search(rf"const {const} = (?:\(\{{[^}}]*\}}\) => )?/\* wgsl \*/ `(.*?)\n`;", source, re.S)[1]
+        struct = re.search(r"struct U \{(.*?)\}", body, re.S)[1]
         fields = [f.split(":")[0].strip() for f in struct.split(",") if f.strip()]
         assert fields == UNIFORMS[kernel], kernel
-        assert f"{kernel}: {const}" in source.replace("\n", " ").replace("  ", " ")
+        assert re.search(rf"\b{kernel}: (\(\) => )?{const}\b", source), kernel
 
 
 @pytest.mark.parametrize("kind", ["e2b", "e4b"])
-def test_the_plan_names_the_step_graphs_weights_and_nine_dispatches_a_layer(exports, kind):
+def test_the_plan_names_the_step_graphs_weights_and_twelve_dispatches_a_layer(exports, kind):
     manifest, weights, plan = plan_of(exports[kind])
     names = {w.name for w in weights}
     used = {b[2:] for d in plan.dispatches for b in d.bindings if b.startswith("w:")}
     assert used == names  # every weight read, none invented
     layers = manifest.arch["num_hidden_layers"]
-    per_layer = [d.label or d.kernel for d in plan.dispatches if d.label not in ("embed", "per_layer_proj", "lm_head")
-                 and d.kernel not in ("embed", "per_layer", "norm", "top_k")]
-    assert len(per_layer) == 9 * layers
-    assert per_layer[:9] == ["qkv", "heads", "attend_part", "attend_merge", "o_proj", "gate_up", "down", "ple_gate",
-                             "ple_proj"]
+    labels = [d.label or d.kernel for d in plan.dispatches]
+    first = labels.index("qkv") - 1
+    layer = ["norm", "qkv", "heads", "attend_part", "attend_merge", "o_proj", "norm", "gate_up", "down", "norm",
+             "ple_gate", "ple_proj"]
+    assert labels[first:first + 12 * layers] == layer * layers
+    assert labels[first + 12 * layers:] == ["norm", *["lm_head"] * labels.count("lm_head"), *["top_k"] * labels.count("top_k")]
     caches = {b[6:] for d in plan.dispatches for b in d.bindings if b.startswith("cache:")}
     assert caches == set(plan.caches)
     for d in plan.dispatches:
@@ -118,17 +118,38 @@ def test_the_output_words_are_values_then_ids():
 def test_exports_the_kernels_do_not_read_are_refused_with_the_reason(exports):
     with pytest.raises(KernelPlanError, match="int4 weights in blocks of 32; this export is fp32"):
         plan_of(exports["fp32"])
-    with pytest.raises(ValueError, match="lanes must be 16, 64 or 256"):
-        plan_of(exports["e2b"], lanes=32)
+    with pytest.raises(ValueError, match="lanes must be one of"):
+        plan_of(exports["e2b"], lanes=12)
+    with pytest.raises(KernelPlanError, match="context 65600: beyond what the kernels hold"):
+        plan_of(exports["e2b"], context=MAX_SLOTS + 64)
 
 
-@pytest.mark.parametrize("lanes", [16, 64, 256])
-def test_lanes_set_the_rows_per_workgroup(exports, lanes):
-    _, _, plan = plan_of(exports["e2b"], lanes=lanes)
+def matvecs(plan):
+    """[(dispatch, rows, input size)] of the plan's matvecs."""
+    out = []
     for d in plan.dispatches:
         if d.kernel == "matvec":
-            assert d.constants["LANES"] == lanes
-            n = np.frombuffer(d.uniform, np.uint32)[UNIFORMS["matvec"].index("n0"):][:3]
-            epi = np.frombuffer(d.uniform, np.uint32)[UNIFORMS["matvec"].index("epi")]
-            rows = int(n[0] if epi == 1 else n.sum())
-            assert d.grid[0] * d.grid[1] == -(-rows * lanes // 256)
+            u = np.frombuffer(d.uniform, np.uint32)
+            n = u[UNIFORMS["matvec"].index("n0"):][:3]
+            rows = int(n[0] if u[UNIFORMS["matvec"].index("epi")] == 1 else n.sum())
+            out.append((d, rows, int(u[UNIFORMS["matvec"].index("k")])))
+    return out
+
+
+@pytest.mark.parametrize("lanes", [8, 64, 256])
+def test_lanes_set_the_rows_per_workgroup_and_the_words_a_lane_reads(exports, lanes):
+    _, _, plan = plan_of(exports["e2b"], lanes=lanes)
+    for d, rows, k in matvecs(plan):
+        assert d.constants["LANES"] == lanes and d.constants["PER"] == -(-k // 8 // lanes)
+        assert d.grid[0] * d.grid[1] == -(-rows * lanes // 256)
+
+
+def test_lanes_chosen_by_size_read_a_few_words_each_and_spread_small_matvecs():
+    from webgemma.kernel_plan import MATVEC_GROUPS, MATVEC_WORDS, _lanes
+    for k, rows in [(1536, 2560), (1536, 12288), (2048, 1536), (12288, 1536), (256, 1536), (1536, 262144), (96, 64)]:
+        lanes = _lanes(k // 8, rows)
+        words = -(-k // 8 // lanes)
+        assert words <= MATVEC_WORDS, (k, rows)
+        # few workgroups only where no more lanes can help: every lane already reads one word, or 256 lanes a row
+        assert -(-rows * lanes // 256) >= MATVEC_GROUPS or words == 1 or lanes == 256, (k, rows)
+        assert words > 1 or lanes == 8 or k // 8 > lanes // 2, (k, rows)  # not twice the lanes a row needs

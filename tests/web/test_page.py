@@ -24,8 +24,8 @@ WEBGPU_TOKENS, WASM_TOKENS = 6, 16  # SwiftShader runs about a token a second on
 RESULT_TIMEOUT_MS = 240_000
 
 
-def cli_json(model: Path, tokens: int, *extra: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "webgemma.cli", "generate", str(model), PROMPT, "--temperature", "0",
+def cli_json(model: Path, tokens: int, *extra: str, prompt: str = PROMPT) -> dict:
+    out = subprocess.run([sys.executable, "-m", "webgemma.cli", "generate", str(model), prompt, "--temperature", "0",
                           "--max-new-tokens", str(tokens), "--json", *extra], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -49,8 +49,10 @@ def run_page(page, site, **params) -> dict:
 
 # webgpu-capture decodes through the step session: the hand-written kernels by default (int4), the captured step
 # graph with step=graph (and for fp32, which the kernels do not read); -lanes64 runs every kernel matvec with 64 lanes
-# per row (the default on the tiny model is 16; larger models take 64 and 256, slow on SwiftShader)
-STEP_VARIANTS = {"webgpu-capture": {}, "webgpu-capture-graph": {"step": "graph"}, "webgpu-capture-lanes64": {"kernel_lanes": "64"}}
+# per row (the tiny model takes 8 and 16; larger models up to 256, slow on SwiftShader) and its pass in 3 submits,
+# each step's commands encoded once its inputs are known
+STEP_VARIANTS = {"webgpu-capture": {}, "webgpu-capture-graph": {"step": "graph"},
+                 "webgpu-capture-lanes64": {"kernel_lanes": "64", "submits": "3", "encode_ahead": "0"}}
 
 
 @pytest.mark.parametrize(("quant", "backend"), [
@@ -83,6 +85,22 @@ def test_page_generates_the_cli_tokens(sites, offline_context, quant, backend):
     if backend == "webgpu":
         placement = page.evaluate("window.webgemmaPlacement")
         assert list(placement["counts"]) == ["WebGpuExecutionProvider"], placement  # every node, none on CPU
+
+
+def test_kernels_attend_over_several_chunks_of_the_cache(sites, offline_context):
+    """A prompt longer than one attention chunk (64 slots): the kernels' per-chunk softmaxes and their merge."""
+    model, site = sites["int4"]
+    prompt = " ".join([PROMPT] * 14)
+    expected = cli_json(model, 3, prompt=prompt)
+    assert len(expected["prompt_ids"]) > 2 * 64
+    context, _ = offline_context(site.url)
+    page = context.new_page()
+    page.goto(site.url + "?" + urlencode({"autorun": "1", "prompt": prompt, "temperature": "0", "backend": "webgpu",
+                                          "max_new_tokens": "3"}))
+    page.wait_for_function("window.webgemmaResult", timeout=RESULT_TIMEOUT_MS)
+    result = page.evaluate("window.webgemmaResult")
+    assert result.get("error") is None and result["step"] == "kernels", result
+    assert (result["prompt_ids"], result["output_ids"]) == (expected["prompt_ids"], expected["output_ids"])
 
 
 def test_raw_prompt_matches_the_cli(sites, offline_context):

@@ -1,10 +1,11 @@
 // The decode step as hand-written WebGPU kernels (wgsl.mjs), run from a plan made in Python
 // (py/webgemma/kernel_plan.py): every pipeline and bind group is made once, and a step is one block of inputs
-// written into the activations buffer, one compute pass of the plan's dispatches and one read-back of the top-k.
+// written into the activations buffer, one compute pass of the plan's dispatches (encoded during the step before)
+// and one read-back of the top-k.
 // It works on onnxruntime-web's device, over the weights uploaded for its sessions (ort_bridge.mjs uploadWeights).
 //
 // plan: {act_words, constants: [word offset, bytes], caches: {name: bytes}, dispatches: [[kernel, bindings,
-// uniform (bytes), grid, override constants]], block: [word offset, words], output: [word offset, words],
+// uniform (bytes), grid, the constants its WGSL is specialized for]], block: [word offset, words], output: [word offset, words],
 // rows: {new row name: word offset}}
 
 import { KERNELS } from "./wgsl.mjs";
@@ -36,6 +37,10 @@ class KernelStep {
     this.staging = device.createBuffer({ size: outWords * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     this.pending = [];  // copies out of act, done at the start of the next step
     this.runs = 0;
+    this.encodeAhead = true;
+    this.submits = 1;
+    this.ahead = null;  // the next step's command buffers
+    this.stamps = null;
   }
 
   async build(weight) {
@@ -51,9 +56,9 @@ class KernelStep {
     const key = (kernel, constants) => `${kernel}/${JSON.stringify(constants)}`;
     for (const [kernel, , , , constants] of this.plan.dispatches) {
       if (pipelines.has(key(kernel, constants))) continue;
-      const module = this.device.createShaderModule({ code: KERNELS[kernel], label: kernel });
+      const module = this.device.createShaderModule({ code: KERNELS[kernel](constants), label: kernel });
       pipelines.set(key(kernel, constants), this.device.createComputePipelineAsync({
-        layout: "auto", compute: { module, entryPoint: "main", constants }, label: kernel,
+        layout: "auto", compute: { module, entryPoint: "main" }, label: kernel,
       }).catch(async (e) => {
         const info = await module.getCompilationInfo();
         throw new Error(`kernel ${kernel}: ${e.message} ${info.messages.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join("; ")}`);
@@ -92,56 +97,114 @@ class KernelStep {
     }
   }
 
+  // For benchmarks. timeSteps: each step's pass between GPU timestamps, its time added to webgemmaStepTimes.gpu_ms
+  // (where the device has timestamp queries). encodeAhead: encode a step's commands during the step before (its
+  // inputs go into act by writeBuffer, so its commands do not depend on them), so that Chromium's GPU process
+  // checks them while the GPU works. submits: the pass in that many submits (the GPU starts on the first while
+  // the browser turns the next into Vulkan commands).
+  configure({ timeSteps = false, encodeAhead = true, submits = 1 }) {
+    this.encodeAhead = encodeAhead;
+    this.submits = submits;
+    this.ahead = null;  // encoded as configured before
+    if (timeSteps && !this.stamps && this.device.features.has("timestamp-query")) {
+      this.stamps = {
+        querySet: this.device.createQuerySet({ type: "timestamp", count: 2 }),
+        resolved: this.device.createBuffer({ size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC }),
+        read: this.device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }),
+      };
+    }
+  }
+
+  // A step's command buffers: its dispatches in `submits` passes (the first and last with the timestamps), then the
+  // copy of its output into the staging buffer.
+  encode() {
+    const stamps = this.stamps;
+    const per = Math.ceil(this.dispatches.length / this.submits);
+    const commands = [];
+    for (let first = 0; first < this.dispatches.length; first += per) {
+      const last = first + per >= this.dispatches.length;
+      const encoder = this.device.createCommandEncoder();
+      const pass = encoder.beginComputePass(stamps && (first === 0 || last) ? {
+        timestampWrites: {
+          querySet: stamps.querySet, ...(first === 0 && { beginningOfPassWriteIndex: 0 }), ...(last && { endOfPassWriteIndex: 1 }),
+        },
+      } : undefined);
+      for (const [pipeline, group, [x, y, z]] of this.dispatches.slice(first, first + per)) {
+        pass.setPipeline(pipeline);
+        pass.setBindGroup(0, group);
+        pass.dispatchWorkgroups(x, y, z);
+      }
+      pass.end();
+      if (last) {
+        const [outAt, outWords] = this.plan.output;
+        encoder.copyBufferToBuffer(this.act, outAt * 4, this.staging, 0, outWords * 4);
+        if (stamps) {
+          encoder.resolveQuerySet(stamps.querySet, 0, 2, stamps.resolved, 0);
+          encoder.copyBufferToBuffer(stamps.resolved, 0, stamps.read, 0, 16);
+        }
+      }
+      commands.push(encoder.finish());
+    }
+    return commands;
+  }
+
   // block: the step's inputs (Uint8Array, KernelPlan.pack) → the output words' bytes (top-k values, ids)
   async run(block) {
     const checked = this.runs++ < 2;  // the first runs (the rehearsal while loading) report any WebGPU error
     if (checked) this.device.pushErrorScope("validation");
     const t0 = performance.now();
+    const commands = this.ahead ?? this.encode();
+    this.ahead = null;
     const [blockAt] = this.plan.block;
     this.device.queue.writeBuffer(this.act, blockAt * 4, block);
-    const encoder = this.device.createCommandEncoder();
-    this.encodeCopies(encoder, this.pending.splice(0));
-    const pass = encoder.beginComputePass();
-    for (const [pipeline, group, [x, y, z]] of this.dispatches) {
-      pass.setPipeline(pipeline);
-      pass.setBindGroup(0, group);
-      pass.dispatchWorkgroups(x, y, z);
+    if (this.pending.length) {  // the last step's rows into their slots, before this step writes new ones
+      const encoder = this.device.createCommandEncoder();
+      this.encodeCopies(encoder, this.pending.splice(0));
+      this.device.queue.submit([encoder.finish()]);
     }
-    pass.end();
-    const [outAt, outWords] = this.plan.output;
-    encoder.copyBufferToBuffer(this.act, outAt * 4, this.staging, 0, outWords * 4);
-    this.device.queue.submit([encoder.finish()]);
+    for (const command of commands) this.device.queue.submit([command]);
+    if (this.encodeAhead) this.ahead = this.encode();
     const t1 = performance.now();
     const error = checked && await this.device.popErrorScope();
     if (error) throw new Error(`the kernel step failed on the GPU: ${error.message}`);
-    const bytes = await readStaging(this.staging);
+    const [bytes, times] = await Promise.all([readStaging(this.staging), this.stamps && readStaging(this.stamps.read)]);
     countStepTimes(0, t1 - t0, performance.now() - t1);  // the block's write is queued with the pass
+    if (times) {
+      const ns = new BigInt64Array(times.buffer);
+      globalThis.webgemmaStepTimes.gpu_ms = (globalThis.webgemmaStepTimes.gpu_ms ?? 0) + Number(ns[1] - ns[0]) / 1e6;
+    }
     return bytes;
   }
 
-  // For benchmarks: the last step's dispatches again, each in its own pass between GPU timestamps → the GPU
-  // nanoseconds of each (null where the device has no timestamp queries). The step's state is not kept.
+  // For benchmarks: the last step's dispatches again, each in its own pass between GPU timestamps, then all of them
+  // in one pass as a step runs → the GPU nanoseconds of each, then of the whole step (null where the device has no
+  // timestamp queries). The step's state is not kept.
   async profile() {
     if (!this.device.features.has("timestamp-query")) return null;
     const n = this.dispatches.length;
-    const querySet = this.device.createQuerySet({ type: "timestamp", count: 2 * n });
-    const resolved = this.device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
-    const read = this.device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    const querySet = this.device.createQuerySet({ type: "timestamp", count: 2 * (n + 1) });
+    const bytes = 16 * (n + 1);
+    const resolved = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+    const read = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     const encoder = this.device.createCommandEncoder();
-    this.dispatches.forEach(([pipeline, group, [x, y, z]], i) => {
+    const timed = (i, dispatches) => {
       const pass = encoder.beginComputePass({
         timestampWrites: { querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
       });
-      pass.setPipeline(pipeline);
-      pass.setBindGroup(0, group);
-      pass.dispatchWorkgroups(x, y, z);
+      for (const [pipeline, group, [x, y, z]] of dispatches) {
+        pass.setPipeline(pipeline);
+        pass.setBindGroup(0, group);
+        pass.dispatchWorkgroups(x, y, z);
+      }
       pass.end();
-    });
-    encoder.resolveQuerySet(querySet, 0, 2 * n, resolved, 0);
-    encoder.copyBufferToBuffer(resolved, 0, read, 0, 16 * n);
+    };
+    this.dispatches.forEach((dispatch, i) => timed(i, [dispatch]));
+    timed(n, this.dispatches);
+    encoder.resolveQuerySet(querySet, 0, 2 * (n + 1), resolved, 0);
+    encoder.copyBufferToBuffer(resolved, 0, read, 0, bytes);
     this.device.queue.submit([encoder.finish()]);
     const stamps = new BigInt64Array((await readStaging(read)).buffer);
-    const ns = Array.from({ length: n }, (_, i) => Number(stamps[2 * i + 1] - stamps[2 * i]));
+    const ns = Array.from({ length: n + 1 }, (_, i) => Number(stamps[2 * i + 1] - stamps[2 * i]));
     for (const b of [resolved, read]) b.destroy();
     querySet.destroy();
     return ns;
@@ -150,6 +213,11 @@ class KernelStep {
   async release() {
     for (const buffer of [this.act, this.none, this.uniforms, this.staging, ...this.caches.values()]) {
       buffer.destroy();
+    }
+    if (this.stamps) {
+      this.stamps.querySet.destroy();
+      this.stamps.resolved.destroy();
+      this.stamps.read.destroy();
     }
   }
 }

@@ -9,8 +9,10 @@ verbose=1 (record onnxruntime's node placement) prefill_chunk=N; for benchmarks 
 prompt of N token ids), ignore_stop=1 (generate max_new_tokens whatever is sampled) and prefill_limit=N|0 (override
 the backend's causal_prefill_limit; 0 lifts it), capture=0 (decode without the graph-captured step session),
 step=graph (decode through the graph-captured step graph, not the hand-written WebGPU kernels of
-webgemma.kernel_plan), kernel_lanes=16|64|256 (every kernel matvec's lanes per row), profile=1 (the kernels' GPU time
-by kind in `kernel_profile_ms`),
+webgemma.kernel_plan), kernel_lanes=8|16|...|256 (every kernel matvec's lanes per row), profile=1 (the kernels' GPU
+time by kind in `kernel_profile_ms`, and each step's in `step_times.gpu_ms`), encode_ahead=0 (encode each kernel
+step's commands once its inputs are known, not during the step before), submits=N (a kernel step's pass in N
+submits),
 repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`),
 think_ms=N (wait N ms after loading before the prompt, as a reader typing it would). With
 autorun the page generates once and sets
@@ -156,6 +158,10 @@ def synthetic_prompt(model, length: int, variant: int = 0) -> list[int]:
 
 async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) -> None:
     await asyncio.sleep(int(params.get("think_ms", 0)) / 1000)
+    static = page.model.engine.static
+    if static and step == "kernels":
+        static.session.configure(time_steps=params.get("profile") == "1", encode_ahead=params.get("encode_ahead") != "0",
+                                 submits=int(params.get("submits", 1)))
     if params.get("ignore_stop") == "1":
         page.model.generator.stop_token_ids = []
     if "prompt_tokens" in params:
@@ -171,7 +177,6 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) ->
     for variant in range(1, int(params.get("repeat", 1)) if "prompt_tokens" in params else 0):
         again = await model.generator.generate(synthetic_prompt(model, len(ids), variant), page.settings())
         repeats.append({k: again.stats[k] for k in ("ttft_ms", "tokens_per_s", "prefill_tokens_per_s", "prefill_ms")})
-    static = page.model.engine.static
     profile = await static.session.profile() if static and params.get("profile") == "1" else None
     browser.set_global("webgemmaResult", {
         "prompt_ids": outcome.prompt_ids, "output_ids": outcome.output_ids, "text": outcome.text,

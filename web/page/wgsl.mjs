@@ -8,6 +8,7 @@
 // even element in the low nibble, zero point 8, one float32 scale per block.
 
 const NONE = 0xffffffff;
+const MAX_CHUNKS = 1024;  // attention chunks of 64 slots a head (kernel_plan.py MAX_SLOTS)
 
 const ACT = /* wgsl */ `
 @group(0) @binding(1) var<storage, read_write> act: array<u32>;
@@ -52,13 +53,110 @@ fn reduce_max(v: f32, t: u32) -> f32 {
 }
 `;
 
-// The residual stream between two kernels, computed by every workgroup of the kernel that needs it:
-//   h' = (h + rms_norm(branch) * w_branch) * scalar          (branch and scalar optional)
-//   x  = rms_norm(h') * w_in                                  (or h' itself), left in xs
-// Workgroup 0 writes h' to h_out, which must not be h: other workgroups are still reading h.
-const PROLOGUE = /* wgsl */ `
-var<workgroup> xs: array<vec4<f32>, 768>;
-fn prologue(t: u32, first: bool) {
+const range = (n) => Array.from({ length: n }, (_, i) => i);
+
+// The weight words one lane reads from one int4 row of source S: words lane, lane + LANES, ... (8 values each;
+// neighbouring lanes read neighbouring words), PER of them, each with its block's scale (0 past the row's end).
+// They are all fetched before anything else, so that their latencies overlap.
+const fetchRow = (s, LANES, PER) => /* wgsl */ `
+@group(0) @binding(${2 + 2 * s}) var<storage, read> q${s}: array<u32>;
+@group(0) @binding(${3 + 2 * s}) var<storage, read> s${s}: array<f32>;
+fn fetch${s}(row: u32, lane: u32) -> Words {
+  let words = u.k / 8u;
+  var r: Words;
+${range(PER).map((i) => `  {
+    let w = lane + ${i * LANES}u;
+    let at = row * words + min(w, words - 1u);
+    r.w[${i}] = q${s}[at];
+    r.s[${i}] = select(0.0, s${s}[at / 4u], w < words);
+  }`).join("\n")}
+  return r;
+}
+`;
+
+// y = W x for up to three int4 weights stacked along N (q, k, v), 256 / LANES rows per workgroup, each row's words
+// spread over LANES lanes, PER words a lane (the plan picks LANES for the row length and the row count), x a vector
+// of act. epi: 0 store, 1 gelu(W0 x) * (W1 x) (the MLP's gate and up, same rows), 2 gelu(W0 x) * act[aux + n] (the
+// per-layer gate), 3 add to what is there (the lm_head's column chunks); then, with cap > 0, cap * tanh(y / cap)
+// (the final logit softcap).
+const MATVEC = ({ LANES, PER }) => /* wgsl */ `
+struct U { k: u32, in_off: u32, n0: u32, n1: u32, n2: u32, out0: u32, out1: u32, out2: u32, epi: u32, aux: u32,
+           cap: f32, }
+@group(0) @binding(0) var<uniform> u: U;
+${common(ACT4)}
+// four input values (in_off is a multiple of 4)
+fn xin(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(act[u.in_off / 4u + i]); }
+struct Words { w: array<u32, ${PER}>, s: array<f32, ${PER}>, }
+${range(3).map((s) => fetchRow(s, LANES, PER)).join("")}
+// low nibbles minus the zero point 8, without integer-to-float conversions (a quarter of the ALU rate): the nibble
+// as the low mantissa bits of 2^23
+fn nibbles(v: vec4<u32>) -> vec4<f32> { return bitcast<vec4<f32>>((v & vec4<u32>(15u)) | vec4<u32>(0x4b000000u)) - 8388616.0; }
+fn dotWords(r: Words, lane: u32) -> f32 {
+  let last = u.k / 8u - 1u;
+  var acc = 0.0;
+${range(PER).map((i) => `  {
+    let w = min(lane + ${i * LANES}u, last);
+    let word = vec4<u32>(r.w[${i}]);
+    let lo = nibbles(word >> vec4<u32>(0u, 4u, 8u, 12u));
+    let hi = nibbles(word >> vec4<u32>(16u, 20u, 24u, 28u));
+    acc += (dot(lo, xin(2u * w)) + dot(hi, xin(2u * w + 1u))) * r.s[${i}];
+  }`).join("\n")}
+  return acc;
+}
+var<workgroup> red2: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+  let wid = wg.x + wg.y * nwg.x;
+  let lane = t % ${LANES}u;
+  let g = wid * ${256 / LANES}u + t / ${LANES}u;
+  let rows = select(u.n0 + u.n1 + u.n2, u.n0, u.epi == 1u);
+  let row = min(g, rows - 1u);
+  var a: Words;
+  var b: Words;
+  var out = 0u;
+  if (u.epi == 1u) {
+    a = fetch0(row, lane);
+    b = fetch1(row, lane);
+    out = u.out0 + row;
+  } else if (row < u.n0) {
+    a = fetch0(row, lane);
+    out = u.out0 + row;
+  } else if (row < u.n0 + u.n1) {
+    a = fetch1(row - u.n0, lane);
+    out = u.out1 + row - u.n0;
+  } else {
+    a = fetch2(row - u.n0 - u.n1, lane);
+    out = u.out2 + row - u.n0 - u.n1;
+  }
+  red[t] = dotWords(a, lane);
+  if (u.epi == 1u) { red2[t] = dotWords(b, lane); }
+  for (var s = ${LANES / 2}u; s > 0u; s >>= 1u) {
+    workgroupBarrier();
+    if (lane < s) {
+      red[t] += red[t + s];
+      if (u.epi == 1u) { red2[t] += red2[t + s]; }
+    }
+  }
+  if (lane != 0u || g >= rows) { return; }
+  var y = red[t];
+  if (u.epi == 1u) { y = gelu(y) * red2[t]; }
+  if (u.epi == 2u) { y = gelu(y) * ld(u.aux + row); }
+  if (u.epi == 3u) { y += ld(out); }
+  if (u.cap > 0.0) { y = u.cap * tanh_(y / u.cap); }
+  st(out, y);
+}
+`;
+
+// The residual stream between two layers' parts and the input of the next matvec, by one workgroup:
+//   h' = (h + rms_norm(branch) * w_branch) * scalar          (branch and scalar optional), to h_out (not h)
+//   x  = rms_norm(h') * w_in                                  (or h' itself), to out
+const NORM = /* wgsl */ `
+struct U { hidden: u32, res: u32, branch: u32, w_branch: u32, scalar: u32, w_in: u32, h_out: u32, eps: f32, out: u32, }
+@group(0) @binding(0) var<uniform> u: U;
+${common()}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) t: u32) {
   let n = u.hidden;
   var inv_b = 0.0;
   if (u.branch != NONE) {
@@ -73,112 +171,16 @@ fn prologue(t: u32, first: bool) {
     var h = ld(u.res + k);
     if (u.branch != NONE) { h += ld(u.branch + k) * inv_b * ld(u.w_branch + k); }
     h *= scale;
-    xs[k / 4u][k % 4u] = h;
+    st(u.h_out + k, h);
     ss += h * h;
-    if (first) { st(u.h_out + k, h); }
   }
-  if (u.w_in != NONE) {
-    let inv = inverseSqrt(reduce_sum(ss, t) / f32(n) + u.eps);
-    for (var k = t; k < n; k += 256u) { xs[k / 4u][k % 4u] *= inv * ld(u.w_in + k); }
+  var inv = 1.0;
+  if (u.w_in != NONE) { inv = inverseSqrt(reduce_sum(ss, t) / f32(n) + u.eps); }
+  for (var k = t; k < n; k += 256u) {
+    var x = ld(u.h_out + k);
+    if (u.w_in != NONE) { x *= inv * ld(u.w_in + k); }
+    st(u.out + k, x);
   }
-  workgroupBarrier();
-}
-`;
-
-const PROLOGUE_FIELDS = `hidden: u32, res: u32, branch: u32, w_branch: u32, scalar: u32, w_in: u32, h_out: u32, eps: f32,`;
-
-// One int4 row of source S times the input: lane l of the row's LANES takes words l, l + LANES, ... (8 values
-// each), so the lanes read neighbouring weights and neighbouring inputs.
-const dotRow = (s) => /* wgsl */ `
-@group(0) @binding(${2 + 2 * s}) var<storage, read> q${s}: array<u32>;
-@group(0) @binding(${3 + 2 * s}) var<storage, read> s${s}: array<f32>;
-fn dot${s}(row: u32, lane: u32) -> f32 {
-  let words = u.k / 8u;
-  var acc = 0.0;
-  for (var w = lane; w < words; w += LANES) {
-    let word = q${s}[row * words + w];
-    let lo = vec4<f32>((vec4<u32>(word) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) - 8.0;
-    let hi = vec4<f32>((vec4<u32>(word) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) - 8.0;
-    acc += (dot(lo, xin(2u * w)) + dot(hi, xin(2u * w + 1u))) * s${s}[(row * words + w) / 4u];
-  }
-  return acc;
-}
-`;
-
-// y = W x for up to three int4 weights stacked along N (q, k, v), 256 / LANES rows per workgroup (the plan takes
-// more lanes per row where rows are few, so that enough workgroups run). The input is the
-// prologue's x (PRO) or a vector of act. epi: 0 store, 1 gelu(W0 x) * (W1 x) (the MLP's gate and up, same rows),
-// 2 gelu(W0 x) * act[aux + n] (the per-layer gate), 3 add to what is there (the lm_head's column chunks);
-// then, with cap > 0, cap * tanh(y / cap) (the final logit softcap).
-const MATVEC = /* wgsl */ `
-struct U { ${PROLOGUE_FIELDS} k: u32, in_off: u32, n0: u32, n1: u32, n2: u32, out0: u32, out1: u32, out2: u32,
-           epi: u32, aux: u32, cap: f32, }
-@group(0) @binding(0) var<uniform> u: U;
-${common(ACT4)}
-${PROLOGUE}
-override PRO: bool;
-override LANES: u32;
-// four input values (in_off is a multiple of 4)
-fn xin(i: u32) -> vec4<f32> { if (PRO) { return xs[i]; } return bitcast<vec4<f32>>(act[u.in_off / 4u + i]); }
-${dotRow(0)}${dotRow(1)}${dotRow(2)}
-var<workgroup> red2: array<f32, 256>;
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>,
-        @builtin(num_workgroups) nwg: vec3<u32>) {
-  let wid = wg.x + wg.y * nwg.x;
-  if (PRO) { prologue(t, wid == 0u); }
-  let lane = t % LANES;
-  let g = wid * (256u / LANES) + t / LANES;
-  let rows = select(u.n0 + u.n1 + u.n2, u.n0, u.epi == 1u);
-  var a = 0.0;
-  var b = 0.0;
-  var out = 0u;
-  if (g < rows) {
-    if (u.epi == 1u) {
-      a = dot0(g, lane);
-      b = dot1(g, lane);
-      out = u.out0 + g;
-    } else if (g < u.n0) {
-      a = dot0(g, lane);
-      out = u.out0 + g;
-    } else if (g < u.n0 + u.n1) {
-      a = dot1(g - u.n0, lane);
-      out = u.out1 + g - u.n0;
-    } else {
-      a = dot2(g - u.n0 - u.n1, lane);
-      out = u.out2 + g - u.n0 - u.n1;
-    }
-  }
-  red[t] = a;
-  red2[t] = b;
-  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-    workgroupBarrier();
-    if (lane < s) {
-      red[t] += red[t + s];
-      red2[t] += red2[t + s];
-    }
-  }
-  if (lane != 0u || g >= rows) { return; }
-  var y = red[t];
-  let y2 = red2[t];
-  if (u.epi == 1u) { y = gelu(y) * y2; }
-  if (u.epi == 2u) { y = gelu(y) * ld(u.aux + g); }
-  if (u.epi == 3u) { y += ld(out); }
-  if (u.cap > 0.0) { y = u.cap * tanh_(y / u.cap); }
-  st(out, y);
-}
-`;
-
-// The prologue alone, by one workgroup: writes h' to h_out and x to out (the final norm before the lm_head).
-const NORM = /* wgsl */ `
-struct U { ${PROLOGUE_FIELDS} out: u32, }
-@group(0) @binding(0) var<uniform> u: U;
-${common()}
-${PROLOGUE}
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) t: u32) {
-  prologue(t, true);
-  for (var k = t; k < u.hidden; k += 256u) { st(u.out + k, xs[k / 4u][k % 4u]); }
 }
 `;
 
@@ -264,40 +266,41 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
 }
 `;
 
-// Attention in chunks of 64 slots (flash-decoding), a workgroup per chunk and query head: the chunk's scores
-// q·K[slot] + mask[slot] over the cache's first act[used] slots, their max m, sum l of exp(score - m) and the
-// exp-weighted sum of V, written as [m, l, acc[d]] per chunk and head for attend_merge.
-const ATTEND_PART = /* wgsl */ `
-struct U { q: u32, heads: u32, kv: u32, d: u32, slots: u32, used: u32, mask: u32, parts: u32, }
+// Attention in chunks of 64 cache slots (flash-decoding), a workgroup per chunk and query head, head size D: the
+// chunk's scores q·K[slot] + mask[slot] over the cache's first act[used] slots (4 lanes a slot), their max m and
+// sum l of exp(score - m), and the exp-weighted sum of V (each lane one column of 4 values over 64 / G slots,
+// G = 256 / (D / 4) groups of lanes summed at the end): acc[D] at parts, [m, l] at stats, per head and chunk.
+// Every load is unconditional (slots past the used ones weigh 0) so that a lane's loads go out together.
+const ATTEND_PART = ({ D }) => /* wgsl */ `
+struct U { q: u32, heads: u32, kv: u32, d: u32, slots: u32, used: u32, mask: u32, parts: u32, stats: u32, }
 @group(0) @binding(0) var<uniform> u: U;
-${common()}
+${common(ACT4)}
 @group(0) @binding(2) var<storage, read> keys: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> values: array<f32>;
-var<workgroup> qs: array<vec4<f32>, 128>;
+@group(0) @binding(3) var<storage, read> values: array<vec4<f32>>;
+const N = ${D / 4}u;  // vec4s a row
+const G = ${256 / (D / 4)}u;
+var<workgroup> qs: array<vec4<f32>, N>;
 var<workgroup> ps: array<f32, 64>;
+var<workgroup> sums: array<vec4<f32>, 256>;
 var<workgroup> used_: u32;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>) {
   let h = wg.y;
   let c = h / (u.heads / u.kv);
-  let n = u.d / 4u;
-  for (var i = t; i < n; i += 256u) {
-    let at = u.q + h * u.d + 4u * i;
-    qs[i] = vec4<f32>(ld(at), ld(at + 1u), ld(at + 2u), ld(at + 3u));
-  }
-  if (t == 0u) { used_ = act[u.used]; }
+  if (t < N) { qs[t] = bitcast<vec4<f32>>(act[(u.q + h * ${D}u) / 4u + t]); }
+  if (t == 0u) { used_ = act[u.used / 4u][u.used % 4u]; }
   let used = workgroupUniformLoad(&used_);
   let first = wg.x * 64u;
-  let out = u.parts + (h * nwg.x + wg.x) * (u.d + 2u);
   if (first >= used) { return; }
-  let slot = first + t / 4u;
-  var acc = 0.0;
-  if (slot < used) {
-    let row = (c * u.slots + slot) * n;
-    for (var i = t % 4u; i < n; i += 4u) { acc += dot(qs[i], keys[row + i]); }
+  let base = c * u.slots;
+  let slot = min(first + t / 4u, u.slots - 1u);
+  var dot_ = 0.0;
+  for (var j = 0u; j < N / 4u; j++) {
+    let i = 4u * j + t % 4u;
+    dot_ += dot(qs[i], keys[(base + slot) * N + i]);
   }
-  red[t] = acc;
+  red[t] = dot_;
   workgroupBarrier();
   var score = -3.4e38;
   if (t < 64u && first + t < used) {
@@ -309,47 +312,67 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   if (t < 64u && first + t < used) { p = exp(score - m); }
   if (t < 64u) { ps[t] = p; }
   let l = reduce_sum(p, t);
-  let count = min(64u, used - first);
-  for (var j = t; j < u.d; j += 256u) {
-    var sum = 0.0;
-    for (var s = 0u; s < count; s++) { sum += ps[s] * values[(c * u.slots + first + s) * u.d + j]; }
-    st(out + 2u + j, sum);
+  let col = t % N;
+  let group = t / N;
+  var sum = vec4<f32>(0.0);
+  for (var j = 0u; j < 64u / G; j++) {
+    let s = group * (64u / G) + j;
+    sum += ps[s] * values[(base + min(first + s, u.slots - 1u)) * N + col];
+  }
+  sums[t] = sum;
+  workgroupBarrier();
+  if (group == 0u) {
+    for (var g = 1u; g < G; g++) { sum += sums[g * N + col]; }
+    act[(u.parts + (h * nwg.x + wg.x) * ${D}u) / 4u + col] = bitcast<vec4<u32>>(sum);
   }
   if (t == 0u) {
-    st(out, m);
-    st(out + 1u, l);
+    st(u.stats + 2u * (h * nwg.x + wg.x), m);
+    st(u.stats + 2u * (h * nwg.x + wg.x) + 1u, l);
   }
 }
 `;
 
-// The chunks' parts merged with the token's own key and value row: softmax over every score, times V.
-const ATTEND_MERGE = /* wgsl */ `
-struct U { q: u32, heads: u32, kv: u32, d: u32, used: u32, parts: u32, chunks: u32, knew: u32, vnew: u32, out: u32, }
+// The chunks merged with the token's own key and value row: softmax over every score, times V. A workgroup per
+// query head; each lane one column of 4 values over the chunks g, g + G, ... (as attend_part's groups).
+const ATTEND_MERGE = ({ D }) => /* wgsl */ `
+struct U { q: u32, heads: u32, kv: u32, d: u32, used: u32, parts: u32, stats: u32, chunks: u32, knew: u32, vnew: u32,
+           out: u32, }
 @group(0) @binding(0) var<uniform> u: U;
-${common()}
+${common(ACT4)}
+const N = ${D / 4}u;
+const G = ${256 / (D / 4)}u;
+var<workgroup> weights: array<f32, ${MAX_CHUNKS}>;
+var<workgroup> sums: array<vec4<f32>, 256>;
+fn ld4(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(act[i / 4u]); }
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>) {
   let h = wg.x;
   let c = h / (u.heads / u.kv);
   var own = 0.0;
-  for (var j = t; j < u.d; j += 256u) { own += ld(u.q + h * u.d + j) * ld(u.knew + c * u.d + j); }
+  if (t < N) { own = dot(ld4(u.q + h * ${D}u + 4u * t), ld4(u.knew + c * ${D}u + 4u * t)); }
   own = reduce_sum(own, t);
-  let chunks = min(u.chunks, (act[u.used] + 63u) / 64u);
-  let base = u.parts + h * u.chunks * (u.d + 2u);
+  let chunks = min(u.chunks, (act[u.used / 4u][u.used % 4u] + 63u) / 64u);
+  let stats = u.stats + 2u * h * u.chunks;
   var m = own;
-  for (var k = 0u; k < chunks; k++) { m = max(m, ld(base + k * (u.d + 2u))); }
-  var total = exp(own - m);
-  for (var k = 0u; k < chunks; k++) {
-    let at = base + k * (u.d + 2u);
-    total += ld(at + 1u) * exp(ld(at) - m);
+  for (var k = t; k < chunks; k += 256u) { m = max(m, ld(stats + 2u * k)); }
+  m = reduce_max(m, t);
+  var total = 0.0;
+  for (var k = t; k < chunks; k += 256u) {
+    let e = exp(ld(stats + 2u * k) - m);
+    weights[k] = e;
+    total += ld(stats + 2u * k + 1u) * e;
   }
-  for (var j = t; j < u.d; j += 256u) {
-    var sum = exp(own - m) * ld(u.vnew + c * u.d + j);
-    for (var k = 0u; k < chunks; k++) {
-      let at = base + k * (u.d + 2u);
-      sum += ld(at + 2u + j) * exp(ld(at) - m);
-    }
-    st(u.out + h * u.d + j, sum / total);
+  total = reduce_sum(total, t) + exp(own - m);
+  let col = t % N;
+  let group = t / N;
+  var sum = vec4<f32>(0.0);
+  for (var k = group; k < chunks; k += G) { sum += weights[k] * ld4(u.parts + (h * u.chunks + k) * ${D}u + 4u * col); }
+  sums[t] = sum;
+  workgroupBarrier();
+  if (group == 0u) {
+    for (var g = 1u; g < G; g++) { sum += sums[g * N + col]; }
+    sum += exp(own - m) * ld4(u.vnew + c * ${D}u + 4u * col);
+    act[(u.out + h * ${D}u) / 4u + col] = bitcast<vec4<u32>>(sum / total);
   }
 }
 `;
@@ -399,7 +422,8 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
 }
 `;
 
+// kernel name → its WGSL source for the plan's constants (Dispatch.constants: sizes the code is specialized for)
 export const KERNELS = {
-  matvec: MATVEC, norm: NORM, embed: EMBED, per_layer: PER_LAYER, heads: HEADS, attend_part: ATTEND_PART,
-  attend_merge: ATTEND_MERGE, top_k: TOP_K,
+  matvec: MATVEC, norm: () => NORM, embed: () => EMBED, per_layer: () => PER_LAYER, heads: () => HEADS,
+  attend_part: ATTEND_PART, attend_merge: ATTEND_MERGE, top_k: () => TOP_K,
 };

@@ -304,13 +304,21 @@ class WebStepSession:
         data = await self._step.run(feeds)
         return (np.frombuffer(data, np.float32, self.k), np.frombuffer(data, np.int64, self.k, offset=4 * self.k))
 
+    def configure(self, *, time_steps: bool = False, encode_ahead: bool = True, submits: int = 1) -> None:
+        """For benchmarks, the kernel step only: time each step on the GPU (webgemmaStepTimes.gpu_ms); encode each
+        step's commands during the step before (the default) or once its inputs are known; its pass in `submits`
+        submits."""
+        self._step.configure(time_steps=time_steps, encode_ahead=encode_ahead, submits=submits)
+
     async def profile(self) -> dict[str, float] | None:
-        """For benchmarks, the kernel step only: GPU milliseconds per kind of dispatch (qkv, attend, lm_head, ...) of
-        the last step run again, each dispatch timed alone; None without timestamp queries."""
+        """For benchmarks, the kernel step only: GPU milliseconds per kind of dispatch (qkv, attend_part, lm_head, ...)
+        of the last step run again, each dispatch timed alone, and under "step" the whole step in one pass as it runs;
+        None without timestamp queries."""
         ns = await self._step.profile() if self.plan is not None else None
         if ns is None:
             return None
         out: dict[str, float] = {}
         for d, t in zip(self.plan.dispatches, ns):
             out[d.label or d.kernel] = out.get(d.label or d.kernel, 0.0) + t / 1e6
+        out["step"] = ns[-1] / 1e6
         return out
