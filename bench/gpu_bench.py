@@ -159,7 +159,7 @@ def pages(a) -> None:
             out[key] = {k: r.get(k) for k in ("tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "load_ms", "ms_per_step",
                                               "step_times", "graph_capture", "load_phases_ms", "prefill_ms", "repeats", "step", "kernel_profile_ms")} | {
                 "first_tokens": r["output_ids"][:16], "peak_gpu_mib": sampler.gpu_mib}
-    record(a, f"{a.kind}/pages", out)
+            record(a, f"{a.kind}/pages", out)  # after each page: a run cut short keeps what it measured
 
 
 def browser(a) -> None:
