@@ -590,7 +590,7 @@ class JsKernelStep(JsStepSession):
         except JsException as e:
             raise RuntimeError(str(e)) from None
 
-    def configure(self, *, time_steps: bool, encode_ahead: bool, submits: int) -> None:
+    def configure(self, *, time_steps: bool, encode_ahead: bool, submits: int | None) -> None:
         self._s.configure(to_js({"timeSteps": time_steps, "encodeAhead": encode_ahead, "submits": submits},
                                 dict_converter=js.Object.fromEntries))
 

@@ -12,6 +12,9 @@ import { KERNELS } from "./wgsl.mjs";
 import { countStepTimes, readStaging, storageBuffer } from "./ort_bridge.mjs";
 
 const UNIFORM_STRIDE = 256;  // minUniformBufferOffsetAlignment's largest allowed value
+// A step's pass goes in this many submits: the GPU starts on the first while Chromium turns the next into Vulkan
+// commands (E2B on an H100: 99.7 tokens/s with 4, 75.3 with 1, BENCHMARKS.md)
+const SUBMITS = 4;
 
 // buffers: the weight buffers ("file@offset" → GPUBuffer); weightKeys: {weight input name: "file@offset"}
 export async function createKernelStep(ort, buffers, weightKeys, plan) {
@@ -38,7 +41,7 @@ class KernelStep {
     this.pending = [];  // copies out of act, done at the start of the next step
     this.runs = 0;
     this.encodeAhead = true;
-    this.submits = 1;
+    this.submits = SUBMITS;
     this.ahead = null;  // the next step's command buffers
     this.stamps = null;
   }
@@ -100,9 +103,8 @@ class KernelStep {
   // For benchmarks. timeSteps: each step's pass between GPU timestamps, its time added to webgemmaStepTimes.gpu_ms
   // (where the device has timestamp queries). encodeAhead: encode a step's commands during the step before (its
   // inputs go into act by writeBuffer, so its commands do not depend on them), so that Chromium's GPU process
-  // checks them while the GPU works. submits: the pass in that many submits (the GPU starts on the first while
-  // the browser turns the next into Vulkan commands).
-  configure({ timeSteps = false, encodeAhead = true, submits = 1 }) {
+  // checks them while the GPU works. submits: the pass in that many submits (SUBMITS).
+  configure({ timeSteps = false, encodeAhead = true, submits = SUBMITS }) {
     this.encodeAhead = encodeAhead;
     this.submits = submits;
     this.ahead = null;  // encoded as configured before

@@ -12,7 +12,7 @@ step=graph (decode through the graph-captured step graph, not the hand-written W
 webgemma.kernel_plan), kernel_lanes=8|16|...|256 (every kernel matvec's lanes per row), profile=1 (the kernels' GPU
 time by kind in `kernel_profile_ms`, and each step's in `step_times.gpu_ms`), encode_ahead=0 (encode each kernel
 step's commands once its inputs are known, not during the step before), submits=N (a kernel step's pass in N
-submits),
+submits; 4 by default),
 repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`),
 think_ms=N (wait N ms after loading before the prompt, as a reader typing it would). With
 autorun the page generates once and sets
@@ -161,7 +161,7 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) ->
     static = page.model.engine.static
     if static and step == "kernels":
         static.session.configure(time_steps=params.get("profile") == "1", encode_ahead=params.get("encode_ahead") != "0",
-                                 submits=int(params.get("submits", 1)))
+                                 submits=int(params["submits"]) if "submits" in params else None)
     if params.get("ignore_stop") == "1":
         page.model.generator.stop_token_ids = []
     if "prompt_tokens" in params:

@@ -304,10 +304,10 @@ class WebStepSession:
         data = await self._step.run(feeds)
         return (np.frombuffer(data, np.float32, self.k), np.frombuffer(data, np.int64, self.k, offset=4 * self.k))
 
-    def configure(self, *, time_steps: bool = False, encode_ahead: bool = True, submits: int = 1) -> None:
+    def configure(self, *, time_steps: bool = False, encode_ahead: bool = True, submits: int | None = None) -> None:
         """For benchmarks, the kernel step only: time each step on the GPU (webgemmaStepTimes.gpu_ms); encode each
         step's commands during the step before (the default) or once its inputs are known; its pass in `submits`
-        submits."""
+        submits (default: kernel_step.mjs SUBMITS)."""
         self._step.configure(time_steps=time_steps, encode_ahead=encode_ahead, submits=submits)
 
     async def profile(self) -> dict[str, float] | None:
