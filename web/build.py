@@ -23,8 +23,8 @@ from pathlib import Path
 from . import vendor
 
 PAGE = Path(__file__).resolve().parent / "page"
-PAGE_FILES = ("index.html", "style.css", "boot.mjs", "main.py", "ort_bridge.mjs", "store_bridge.mjs", "kernel_step.mjs",
-              "wgsl.mjs")
+PAGE_FILES = ("index.html", "style.css", "boot.mjs", "main.py", "ort_bridge.mjs", "store_bridge.mjs", "rows_worker.mjs",
+              "kernel_step.mjs", "wgsl.mjs")
 # Always written (10 KB): any page, on any origin, embeds the model with <script type="module" src=".../widget.mjs">
 WIDGET = Path(__file__).resolve().parent / "widget"
 WIDGET_FILES = ("widget.mjs", "widget.css")

@@ -361,6 +361,35 @@ async def read_ranges(ranges: list[tuple[CachedFile, int, int]]) -> bytes:
     return (await (await _import(STORE_BRIDGE)).readRanges(to_js(spans))).to_bytes()
 
 
+class RowReader:
+    """Byte ranges of cached files from their copies in the origin private file system (store_bridge.mjs
+    openRowReader): a message to a worker instead of a Blob read per call."""
+
+    def __init__(self, reader: Any) -> None:
+        self._r = reader
+
+    async def read(self, ranges: list[tuple[int, int, int]]) -> bytes:
+        """The bytes of many (file index, start, length) ranges, concatenated; OSError where the worker fails."""
+        try:
+            return (await self._r.read(to_js([list(r) for r in ranges]))).to_bytes()
+        except JsException as e:
+            raise OSError(str(e)) from None
+
+    def close(self) -> None:
+        self._r.close()
+
+
+async def open_row_reader(cache: str, files: list[tuple[str, str, int]]) -> RowReader:
+    """A RowReader over the cached (url, sha256, bytes) files, copied first where they have no copy yet. Raises
+    OSError where the copies cannot be made or opened (no OPFS, too little storage)."""
+    specs = [{"url": url, "sha256": sha256, "bytes": size} for url, sha256, size in files]
+    try:
+        return RowReader(await (await _import(STORE_BRIDGE)).openRowReader(
+            cache, to_js(specs, dict_converter=js.Object.fromEntries)))
+    except JsException as e:
+        raise OSError(str(e)) from None
+
+
 async def cache_info(cache: str, url: str) -> tuple[int, str] | None:
     """(size, sha256 recorded by `cache_mark_verified` or "") of the cached entry for `url`; None if absent."""
     info = await (await _import(STORE_BRIDGE)).cachedInfo(cache, url)

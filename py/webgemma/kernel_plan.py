@@ -52,8 +52,8 @@ UNIFORMS = {
     "embed": ["token", "nb", "out", "scale"],
     "per_layer": ["proj", "dim", "w", "rows", "scales", "out", "eps", "proj_scale"],
     "heads": ["q", "heads", "d", "wq", "k_src", "k_dst", "wk", "v_src", "v_dst", "kv", "cos", "sin", "eps"],
-    "attend_part": ["q", "heads", "kv", "d", "slots", "used", "mask", "parts", "stats"],
-    "attend_merge": ["q", "heads", "kv", "d", "used", "parts", "stats", "chunks", "knew", "vnew", "out"],
+    "attend_part": ["q", "heads", "kv", "slots", "used", "mask", "parts", "stats"],
+    "attend_merge": ["q", "heads", "kv", "used", "parts", "stats", "chunks", "knew", "vnew", "out"],
     "top_k": ["vals", "ids", "n", "row", "k", "out_vals", "out_ids"],
 }
 FLOATS = {"eps", "cap", "scale", "proj_scale"}
@@ -306,7 +306,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
             v_dst=rows[cache["present_value"]], kv=kv, cos=inputs[io["rope"][kind]["cos"]],
             sin=inputs[io["rope"][kind]["sin"]], eps=eps), (heads + (2 * kv if own else 0), 1, 1)))
         n_slots = slots[kind]
-        view = {"q": q, "heads": heads, "kv": kv, "d": d, "used": inputs["used." + masks[kind]]}
+        view = {"q": q, "heads": heads, "kv": kv, "used": inputs["used." + masks[kind]]}
         chunks = -(-n_slots // ATTEND_CHUNK)
         plan.append(Dispatch("attend_part", ["act", "cache:" + cache["past_key"], "cache:" + cache["past_value"]],
                              _uniform("attend_part", **view, slots=n_slots, mask=inputs[masks[kind]], parts=parts,

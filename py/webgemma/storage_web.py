@@ -5,6 +5,7 @@ session is created, read byte ranges without loading whole files.
     report = await store.ensure(files, on_progress)       # files: [{"path", "bytes", "sha256"}, ...]
     blob = store.file("weights-00.bin")                   # a CachedFile, e.g. for onnxruntime-web's externalData
     row = await store.read_range("ple-00.bin", start, n)
+    store.start_copies(["ple-00.bin"])                    # read_ranges then goes to copies in OPFS (a worker)
 
 A cached file whose sha256 is wrong is named, deleted and downloaded again once; if the new copy is wrong too,
 `ensure` raises `ModelFileError` naming it. Files not in the list (the manifest itself) are read network-first
@@ -13,6 +14,7 @@ with the cached copy as a fallback, so a page works offline once the model is ca
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -78,6 +80,10 @@ class WebModelStore:
         self.base_url = browser.resolve_url(base)
         self.cache = cache_name
         self._files: dict[str, CachedFile] = {}
+        self._wanted: dict[str, ModelFile] = {}
+        self._copies: tuple[browser.RowReader, dict[str, int]] | None = None
+        self.copies = "none"  # where read_ranges reads: "none" (the Cache API), "opfs", or why not OPFS
+        self.copying: asyncio.Task | None = None
 
     def url(self, path: str) -> str:
         return browser.resolve_url(self.base_url + path)
@@ -87,6 +93,7 @@ class WebModelStore:
         """Makes every file present and verified. `reverify=False` trusts a cached file that this store recorded
         as verified with the manifest's sha256 (and that still has its size); every other file is hashed."""
         wanted = [ModelFile.of(f) for f in files]
+        self._wanted |= {f.path: f for f in wanted}
         report = EnsureReport()
         notify = on_progress or (lambda p: None)
         missing, unverified = [], []
@@ -196,8 +203,33 @@ class WebModelStore:
     async def read_range(self, path: str, start: int, length: int) -> bytes:
         return await self.file(path).read(start, length)
 
+    def start_copies(self, paths: list[str]) -> None:
+        """Copies the ensured files `paths` into the origin private file system, in the background (`copying`),
+        where a worker reads their byte ranges (a message instead of a Blob read from the Cache API per call):
+        read_ranges goes there once they are ready. `copies` says whether they are, or why not (no OPFS, too
+        little storage): the Cache API serves the ranges meanwhile and in that case."""
+        self.copying = asyncio.ensure_future(self._open_copies(list(paths)))
+
+    async def _open_copies(self, paths: list[str]) -> None:
+        files = [self._wanted[p] for p in paths]
+        try:
+            reader = await browser.open_row_reader(self.cache, [(self.url(f.path), f.sha256, f.bytes) for f in files])
+        except OSError as e:
+            self.copies = f"none (OPFS: {e})"
+            return
+        self._copies, self.copies = (reader, {p: i for i, p in enumerate(paths)}), "opfs"
+
     async def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
-        data = await browser.read_ranges([(self.file(path), start, length) for path, start, length in ranges])
+        data = None
+        if self._copies and all(path in self._copies[1] for path, _, _ in ranges):
+            reader, index = self._copies
+            try:
+                data = await reader.read([(index[path], start, length) for path, start, length in ranges])
+            except OSError as e:  # the worker failed: the Cache API still has every file
+                reader.close()
+                self._copies, self.copies = None, f"none (OPFS: {e})"
+        if data is None:
+            data = await browser.read_ranges([(self.file(path), start, length) for path, start, length in ranges])
         out, at = [], 0
         for _, _, length in ranges:
             out.append(data[at:at + length])
@@ -216,7 +248,11 @@ class WebModelStore:
         return await cached.read()
 
     async def forget(self) -> int:
-        """Deletes every cached file of this model folder; returns how many there were."""
+        """Deletes every cached file of this model folder; returns how many there were. (Copies in OPFS stay: they
+        are named by content, for any folder with the same files.)"""
+        if self._copies:
+            self._copies[0].close()
+            self._copies, self.copies = None, "none"
         urls = [u for u in await browser.cache_keys(self.cache) if u.startswith(self.base_url)]
         for u in urls:
             await browser.cache_delete(self.cache, u)

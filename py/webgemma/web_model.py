@@ -71,6 +71,7 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     if backend.weights is not None:
         await backend.weights.ready()
         phase("weights")
+    store.start_copies([f["path"] for f in manifest.table["files"]])  # the per-layer rows, read a row per token
     report.phases_ms = phase.ms
     return model, backend, report
 

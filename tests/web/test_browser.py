@@ -254,6 +254,32 @@ def test_store_downloads_once_verifies_and_repairs(site, model_folder, offline_c
     assert pp.py(read_manifest) == (folder / "files.json").read_text()
 
 
+COPIES = ENSURE + """
+store.start_copies([ARGS["table"]])
+await store.copying
+result["copies"] = store.copies
+result["from_copies"] = [b.hex() for b in await store.read_ranges([(ARGS["table"], s, n) for s, n in ARGS["ranges"]])]
+again = WebModelStore(ARGS["model_url"])  # a second store (another visit) opens the copies made by the first
+await again.ensure(ARGS["files"], reverify=False)
+again.start_copies([ARGS["table"]])
+await again.copying
+result["again"] = [again.copies, (await again.read_ranges([(ARGS["table"], 5, 3)]))[0].hex()]
+again._copies[0].close()  # as if its worker had died: the Cache API serves the ranges, the store says why
+result["after_failure"] = [(await again.read_ranges([(ARGS["table"], 5, 3)]))[0].hex(), again.copies]
+result
+"""
+
+
+def test_store_reads_ranges_from_copies_in_opfs(site, model_folder, offline_context):
+    folder, files = model_folder
+    table = (folder / TABLE).read_bytes()
+    result = open_page(offline_context, site).py(COPIES, model_url="model/", files=files, table=TABLE, ranges=RANGES)
+    assert result["copies"] == "opfs"
+    assert result["from_copies"] == [table[s:s + n].hex() for s, n in RANGES]
+    assert result["again"] == ["opfs", table[5:8].hex()]
+    assert result["after_failure"] == [table[5:8].hex(), "none (OPFS: Error: the row reader was closed)"]
+
+
 def test_store_names_a_file_damaged_on_the_server(site, model_folder, offline_context):
     _, files = model_folder
     pp = open_page(offline_context, site)

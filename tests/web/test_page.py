@@ -48,10 +48,11 @@ def run_page(page, site, **params) -> dict:
 
 
 # webgpu-capture decodes through the step session: the hand-written kernels by default (int4), the captured step
-# graph with step=graph (and for fp32, which the kernels do not read); -lanes64 runs every kernel matvec with 64 lanes
+# graph with step=graph (and for fp32, which the kernels do not read), the prompt's per-layer rows read from their
+# copies in OPFS (wait_copies=1) in the default variant; -lanes64 runs every kernel matvec with 64 lanes
 # per row (the tiny model takes 8 and 16; larger models up to 256, slow on SwiftShader) and its pass in 3 submits,
 # each step's commands encoded once its inputs are known
-STEP_VARIANTS = {"webgpu-capture": {}, "webgpu-capture-graph": {"step": "graph"},
+STEP_VARIANTS = {"webgpu-capture": {"wait_copies": "1"}, "webgpu-capture-graph": {"step": "graph"},
                  "webgpu-capture-lanes64": {"kernel_lanes": "64", "submits": "3", "encode_ahead": "0"}}
 
 
@@ -82,6 +83,8 @@ def test_page_generates_the_cli_tokens(sites, offline_context, quant, backend):
     if capture:
         kernels = quant == "int4" and variant.get("step") != "graph"
         assert result["step"] == "kernels" if kernels else result["step"].startswith("graph"), result["step"]
+        if "wait_copies" in variant:  # the prompt's rows came from OPFS
+            assert result["copies"] == "opfs", result["copies"]
     if backend == "webgpu":
         placement = page.evaluate("window.webgemmaPlacement")
         assert list(placement["counts"]) == ["WebGpuExecutionProvider"], placement  # every node, none on CPU

@@ -16,6 +16,15 @@ const UNIFORM_STRIDE = 256;  // minUniformBufferOffsetAlignment's largest allowe
 // commands (E2B on an H100: 99.7 tokens/s with 4, 75.3 with 1, BENCHMARKS.md)
 const SUBMITS = 4;
 
+function encodeDispatches(pass, dispatches) {
+  for (const [pipeline, group, [x, y, z]] of dispatches) {
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, group);
+    pass.dispatchWorkgroups(x, y, z);
+  }
+  pass.end();
+}
+
 // buffers: the weight buffers ("file@offset" → GPUBuffer); weightKeys: {weight input name: "file@offset"}
 export async function createKernelStep(ort, buffers, weightKeys, plan) {
   const device = await ort.env.webgpu.device;
@@ -100,8 +109,8 @@ class KernelStep {
     }
   }
 
-  // For benchmarks. timeSteps: each step's pass between GPU timestamps, its time added to webgemmaStepTimes.gpu_ms
-  // (where the device has timestamp queries). encodeAhead: encode a step's commands during the step before (its
+  // For benchmarks. timeSteps: each step between GPU timestamps (the start of its first pass, the end of its last),
+  // its time added to webgemmaStepTimes.gpu_ms (where the device has timestamp queries). encodeAhead: encode a step's commands during the step before (its
   // inputs go into act by writeBuffer, so its commands do not depend on them), so that Chromium's GPU process
   // checks them while the GPU works. submits: the pass in that many submits (SUBMITS).
   configure({ timeSteps = false, encodeAhead = true, submits = SUBMITS }) {
@@ -131,12 +140,7 @@ class KernelStep {
           querySet: stamps.querySet, ...(first === 0 && { beginningOfPassWriteIndex: 0 }), ...(last && { endOfPassWriteIndex: 1 }),
         },
       } : undefined);
-      for (const [pipeline, group, [x, y, z]] of this.dispatches.slice(first, first + per)) {
-        pass.setPipeline(pipeline);
-        pass.setBindGroup(0, group);
-        pass.dispatchWorkgroups(x, y, z);
-      }
-      pass.end();
+      encodeDispatches(pass, this.dispatches.slice(first, first + per));
       if (last) {
         const [outAt, outWords] = this.plan.output;
         encoder.copyBufferToBuffer(this.act, outAt * 4, this.staging, 0, outWords * 4);
@@ -193,12 +197,7 @@ class KernelStep {
       const pass = encoder.beginComputePass({
         timestampWrites: { querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
       });
-      for (const [pipeline, group, [x, y, z]] of dispatches) {
-        pass.setPipeline(pipeline);
-        pass.setBindGroup(0, group);
-        pass.dispatchWorkgroups(x, y, z);
-      }
-      pass.end();
+      encodeDispatches(pass, dispatches);
     };
     this.dispatches.forEach((dispatch, i) => timed(i, [dispatch]));
     timed(n, this.dispatches);

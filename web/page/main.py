@@ -14,7 +14,8 @@ time by kind in `kernel_profile_ms`, and each step's in `step_times.gpu_ms`), en
 step's commands once its inputs are known, not during the step before), submits=N (a kernel step's pass in N
 submits; 4 by default),
 repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`),
-think_ms=N (wait N ms after loading before the prompt, as a reader typing it would). With
+think_ms=N (wait N ms after loading before the prompt, as a reader typing it would), wait_copies=1 (the per-layer
+table's copies in OPFS ready before the prompt; `copies` says where rows were read). With
 autorun the page generates once and sets
 window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, ...}
 (or {error} when it cannot).
@@ -158,6 +159,9 @@ def synthetic_prompt(model, length: int, variant: int = 0) -> list[int]:
 
 async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) -> None:
     await asyncio.sleep(int(params.get("think_ms", 0)) / 1000)
+    store = page.model.engine.rows.store
+    if params.get("wait_copies") == "1" and store.copying:
+        await store.copying
     static = page.model.engine.static
     if static and step == "kernels":
         static.session.configure(time_steps=params.get("profile") == "1", encode_ahead=params.get("encode_ahead") != "0",
@@ -185,7 +189,7 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) ->
         "load_ms": load_phases["total"], "load_phases_ms": load_phases, "prefill_ms": s["prefill_ms"],
         "memory": browser.memory_usage(), "ms_per_step": s["ms_per_step"], "graph_capture": s["graph_capture"],
         "step_times": browser.get_global("webgemmaStepTimes"), "repeats": repeats, "step": step,
-        "kernel_profile_ms": profile,
+        "kernel_profile_ms": profile, "copies": store.copies,
     })
 
 

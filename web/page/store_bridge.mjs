@@ -85,3 +85,42 @@ export async function readRanges(ranges) {
   }
   return out;
 }
+
+// Byte ranges of cached files from their copies in the origin private file system, read by rows_worker.mjs
+// (files: [{url, sha256, bytes}]; copies are made first where missing) → {read([[file index, start, length]]) →
+// Uint8Array, close()}. Throws where the copies cannot be made or opened; the Cache API still serves the ranges.
+export async function openRowReader(cacheName, files) {
+  const worker = new Worker(new URL("./rows_worker.mjs", import.meta.url), { type: "module" });
+  const pending = new Map();
+  let next = 0;
+  let closed = null;  // why the reader stopped
+  const close = (error) => {
+    closed ??= error;
+    worker.terminate();
+    for (const { reject } of pending.values()) reject(closed);
+    pending.clear();
+  };
+  worker.onmessage = ({ data }) => {
+    const request = pending.get(data.id);
+    pending.delete(data.id);
+    clearTimeout(request?.timer);
+    if (data.error) request?.reject(new Error(data.error));
+    else request?.resolve(data.bytes);
+  };
+  worker.onerror = (e) => close(new Error(`the row reader's worker failed: ${e.message}`));
+  // a worker that stops answering (it crashed) must not hang the page: reads take milliseconds, copies seconds
+  const ask = (message, ms) => new Promise((resolve, reject) => {
+    if (closed) return reject(closed);
+    const id = next++;
+    const timer = setTimeout(() => close(new Error(`the row reader did not answer in ${ms / 1000} s`)), ms);
+    pending.set(id, { resolve, reject, timer });
+    worker.postMessage({ id, ...message });
+  });
+  try {
+    await ask({ open: { cacheName, files } }, 600_000);
+  } catch (e) {
+    close(e);
+    throw e;
+  }
+  return { read: (ranges) => ask({ read: ranges }, 10_000), close: () => close(new Error("the row reader was closed")) };
+}

@@ -272,7 +272,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
 // G = 256 / (D / 4) groups of lanes summed at the end): acc[D] at parts, [m, l] at stats, per head and chunk.
 // Every load is unconditional (slots past the used ones weigh 0) so that a lane's loads go out together.
 const ATTEND_PART = ({ D }) => /* wgsl */ `
-struct U { q: u32, heads: u32, kv: u32, d: u32, slots: u32, used: u32, mask: u32, parts: u32, stats: u32, }
+struct U { q: u32, heads: u32, kv: u32, slots: u32, used: u32, mask: u32, parts: u32, stats: u32, }
 @group(0) @binding(0) var<uniform> u: U;
 ${common(ACT4)}
 @group(0) @binding(2) var<storage, read> keys: array<vec4<f32>>;
@@ -335,8 +335,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
 // The chunks merged with the token's own key and value row: softmax over every score, times V. A workgroup per
 // query head; each lane one column of 4 values over the chunks g, g + G, ... (as attend_part's groups).
 const ATTEND_MERGE = ({ D }) => /* wgsl */ `
-struct U { q: u32, heads: u32, kv: u32, d: u32, used: u32, parts: u32, stats: u32, chunks: u32, knew: u32, vnew: u32,
-           out: u32, }
+struct U { q: u32, heads: u32, kv: u32, used: u32, parts: u32, stats: u32, chunks: u32, knew: u32, vnew: u32, out: u32, }
 @group(0) @binding(0) var<uniform> u: U;
 ${common(ACT4)}
 const N = ${D / 4}u;
