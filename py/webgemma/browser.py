@@ -379,6 +379,15 @@ class RowReader:
         self._r.close()
 
 
+def row_source(ranges: list[tuple[CachedFile, int, int]], reader: RowReader | None,
+               copies: list[tuple[int, int, int]] | None) -> Any:
+    """Where a JS caller (the kernel step) reads byte ranges itself (store_bridge.mjs readRow): the copies through
+    `reader` where given, else the cached files."""
+    return to_js({"reader": reader._r if reader else None, "copies": [list(c) for c in copies or []],
+                  "blobs": [[f._blob, *f._span(start, length)] for f, start, length in ranges]},
+                 dict_converter=js.Object.fromEntries)
+
+
 async def open_row_reader(cache: str, files: list[tuple[str, str, int]]) -> RowReader:
     """A RowReader over the cached (url, sha256, bytes) files, copied first where they have no copy yet. Raises
     OSError where the copies cannot be made or opened (no OPFS, too little storage)."""
@@ -613,9 +622,10 @@ class JsKernelStep(JsStepSession):
     """kernel_step.mjs's KernelStep: the decode step as hand-written kernels (webgemma.kernel_plan). A copy's source
     named by string is one of the step's new rows."""
 
-    async def run(self, block: bytes) -> bytes:
+    async def run(self, block: bytes, row: Any = None) -> bytes:
+        """row: where the step reads the token's per-layer row itself (`row_source`), when the block lacks it."""
         try:
-            return (await self._s.run(to_js(block))).to_bytes()
+            return (await self._s.run(to_js(block), row)).to_bytes()
         except JsException as e:
             raise RuntimeError(str(e)) from None
 
@@ -637,7 +647,7 @@ async def kernel_step(ort: Any, weights: WeightBuffers, inputs: list, plan: Any)
     keys = {w.name: f"{w.location}@{w.offset}" for w in inputs}
     js_plan = {"act_words": plan.act_words, "constants": [plan.constants[0], to_js(plan.constants[1])], "caches": plan.caches,
                "dispatches": [[d.kernel, d.bindings, to_js(d.uniform), list(d.grid), d.constants] for d in plan.dispatches],
-               "block": list(plan.block), "output": list(plan.output), "rows": plan.rows}
+               "block": list(plan.block), "output": list(plan.output), "rows": plan.rows, "row": list(plan.row)}
     try:
         step = await module.createKernelStep(ort, weights._buffers, to_js(keys, dict_converter=js.Object.fromEntries),
                                              to_js(js_plan, dict_converter=js.Object.fromEntries))

@@ -100,10 +100,10 @@ class Engine:
         sliding = min(start, self.window) + count
         return {FULL: start + count, SLIDING: sliding, SHARED_SLIDING: min(sliding, self.window)}
 
-    async def _token_feeds(self, ids: list[int]) -> dict[str, np.ndarray]:
-        """input ids, table rows and RoPE tables for `ids` following the cached tokens."""
+    async def _token_feeds(self, ids: list[int], rows: bool = True) -> dict[str, np.ndarray]:
+        """input ids, table rows (unless `rows` is false) and RoPE tables for `ids` following the cached tokens."""
         positions = np.arange(len(self.tokens), len(self.tokens) + len(ids))
-        feeds = {self.io["inputs"]["input_ids"]: np.asarray([ids], np.int64), **await self.rows.feeds(ids)}
+        feeds = {self.io["inputs"]["input_ids"]: np.asarray([ids], np.int64), **(await self.rows.feeds(ids) if rows else {})}
         for kind, names in self.io["rope"].items():
             feeds[names["cos"]], feeds[names["sin"]] = rope_tables(self.inv_freq[kind], positions)
         return feeds
@@ -115,9 +115,11 @@ class Engine:
             self._release(self.cache)
             self.cache, self.on_static = {}, True
         t0 = time.perf_counter()
-        feeds = await self._token_feeds([token])
+        # a session that reads the row itself spares Python a read (and an await) per token
+        row = self.rows.source(token) if self.static.session.reads_rows else None
+        feeds = await self._token_feeds([token], rows=row is None)
         t1 = time.perf_counter()
-        values, ids = await self.static.step(feeds)
+        values, ids = await self.static.step(feeds, row)
         self._count(t0, t1)
         self.tokens.append(token)
         self.last = Scores(np.asarray(values).reshape(-1), np.asarray(ids).reshape(-1))

@@ -85,13 +85,20 @@ class KernelPlan:
     output: tuple[int, int]  # top-k values then ids (uint32): (word offset, words)
     rows: dict[str, int] = field(default_factory=dict)  # the step's new key/value rows (present names) → word offset
     k: int = 64
+    # where the per-layer row goes when the step reads it itself (kernel_step.mjs writeRow): its data's and its
+    # scales' word offsets, the data's bytes, whether the table stores float16 scales; the two feeds it replaces
+    row: tuple[int, int, int, bool] = (0, 0, 0, True)
+    row_feeds: tuple[str, ...] = ()
 
     def pack(self, feeds: dict[str, np.ndarray]) -> bytes:
         """The per-step input block from the step feeds (webgemma.static_cache): every feed at its offset, and for
-        each mask the number of slots to attend over (up to its last visible one)."""
+        each mask the number of slots to attend over (up to its last visible one). The per-layer row's feeds may be
+        absent: the step then reads the row itself."""
         start, words = self.block
         block = np.zeros(words, np.uint32)
         for name, at in self.inputs.items():
+            if name in self.row_feeds and name not in feeds:
+                continue
             if name.startswith("used."):
                 mask = np.asarray(feeds[name.removeprefix("used.")]).reshape(-1)
                 visible = np.flatnonzero(mask == 0)
@@ -343,9 +350,12 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         matvec("lm_head", [(qw, sw, n, width)], width, [logits], in_off=x + col, epi=EPI_ADD if c else EPI_STORE,
                cap_=cap if c == len(embed) - 1 else 0.0)
     _top_k(plan, act, logits, vocab, k, output)
+    row_feeds = (names["per_layer_rows"], names["per_layer_scales"])
+    row = (inputs[row_feeds[0]], inputs[row_feeds[1]], manifest.table["data_bytes"],
+           manifest.table["scales_dtype"] == "float16")
     return KernelPlan(act.size, (constants_at, np.concatenate(constants).tobytes()),
                       {name: 4 * math.prod(dims_) for name, dims_ in caches.items()}, plan, inputs, block,
-                      (output, 2 * k), rows, k)
+                      (output, 2 * k), rows, k, row, row_feeds)
 
 
 def _lanes(words: int, rows: int) -> int:

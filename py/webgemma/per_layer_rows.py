@@ -23,15 +23,21 @@ class PerLayerRows:
         self.cache: OrderedDict[int, bytes] = OrderedDict()
         self.cache_rows = cache_rows
 
+    def _range(self, token: int) -> tuple[str, int, int]:
+        """(file, start, length) of a token's row."""
+        if not 0 <= token < self.table["rows"]:
+            raise ValueError(f"token id {token} is outside the per-layer table ({self.table['rows']} rows)")
+        per_file = self.table["rows_per_file"]
+        return self.table["files"][token // per_file]["path"], (token % per_file) * self.row_bytes, self.row_bytes
+
+    def source(self, token: int) -> object:
+        """Where a step session that reads the row itself finds `token`'s (a browser store's range_source)."""
+        return self.store.range_source([self._range(token)])
+
     async def _rows(self, tokens: list[int]) -> dict[int, bytes]:
         """The rows of the distinct `tokens`: cached ones, the rest read from the store in one call."""
         missing = [t for t in tokens if t not in self.cache]
-        for t in missing:
-            if not 0 <= t < self.table["rows"]:
-                raise ValueError(f"token id {t} is outside the per-layer table ({self.table['rows']} rows)")
-        per_file = self.table["rows_per_file"]
-        ranges = [(self.table["files"][t // per_file]["path"], (t % per_file) * self.row_bytes, self.row_bytes)
-                  for t in missing]
+        ranges = [self._range(t) for t in missing]
         read = dict(zip(missing, await self.store.read_ranges(ranges))) if missing else {}
         rows = {}
         for t in tokens:

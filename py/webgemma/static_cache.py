@@ -38,12 +38,14 @@ class StepSession(Protocol):
     """What a backend gives for step decoding: fixed cache buffers (name → slots) and a run over them."""
 
     slots: dict[str, int]  # cache input name → capacity along the sequence axis
+    reads_rows: bool  # whether `run` can read the token's per-layer row itself (given `row`, not its feeds)
 
     async def copy(self, copies: list[Copy]) -> None:
         """Performs the copies in order, before the next run."""
 
-    async def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """One step: (top logits, their token ids)."""
+    async def run(self, feeds: dict[str, np.ndarray], row: object = None) -> tuple[np.ndarray, np.ndarray]:
+        """One step: (top logits, their token ids). row: where to read the per-layer row (PerLayerRows.source)
+        instead of its feeds, for sessions that read rows."""
 
 
 def step_caches(io: dict, context: int) -> list[dict]:
@@ -108,11 +110,12 @@ class StaticDecoder:
         for _ in range(2):
             await self.session.run(feeds | self._masks(0))
 
-    async def step(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Decodes the token in `feeds` (ids, rows, rope for position `self.length`), then stores its key/value rows."""
+    async def step(self, feeds: dict[str, np.ndarray], row: object = None) -> tuple[np.ndarray, np.ndarray]:
+        """Decodes the token in `feeds` (ids, rows or `row`, rope for position `self.length`), then stores its
+        key/value rows."""
         p = self.length
         slot = self.ring.step(p)
-        out = await self.session.run(feeds | self._masks(p))
+        out = await self.session.run(feeds | self._masks(p), row)
         self.ring.place(p, slot)
         await self.session.copy([Copy(c[f"past_{part}"], slot if c["window"] else p, c[f"present_{part}"], 1, 0, 1)
                                  for c in self.own for part in ("key", "value")])

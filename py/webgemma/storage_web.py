@@ -219,6 +219,15 @@ class WebModelStore:
             return
         self._copies, self.copies = (reader, {p: i for i, p in enumerate(paths)}), "opfs"
 
+    def range_source(self, ranges: list[tuple[str, int, int]]) -> object:
+        """The ranges for a JS caller that reads them itself (browser.row_source): from the OPFS copies where they
+        are open, else from the Cache API."""
+        copies = None
+        if self._copies and all(path in self._copies[1] for path, _, _ in ranges):
+            copies = [(self._copies[1][path], start, length) for path, start, length in ranges]
+        return browser.row_source([(self.file(path), start, length) for path, start, length in ranges],
+                                  self._copies[0] if copies else None, copies)
+
     async def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
         data = None
         if self._copies and all(path in self._copies[1] for path, _, _ in ranges):

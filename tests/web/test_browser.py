@@ -266,6 +266,13 @@ await again.copying
 result["again"] = [again.copies, (await again.read_ranges([(ARGS["table"], 5, 3)]))[0].hex()]
 again._copies[0].close()  # as if its worker had died: the Cache API serves the ranges, the store says why
 result["after_failure"] = [(await again.read_ranges([(ARGS["table"], 5, 3)]))[0].hex(), again.copies]
+# a JS reader of ranges (the kernel step's row): from the copies, and from the Cache API once the reader is closed
+from webgemma import browser
+bridge = await browser._import(browser.STORE_BRIDGE)
+source = store.range_source([(ARGS["table"], 7, 4)])
+result["js_reads"] = [(await bridge.readRow(source)).to_bytes().hex()]
+store._copies[0].close()
+result["js_reads"].append((await bridge.readRow(source)).to_bytes().hex())
 result
 """
 
@@ -278,6 +285,7 @@ def test_store_reads_ranges_from_copies_in_opfs(site, model_folder, offline_cont
     assert result["from_copies"] == [table[s:s + n].hex() for s, n in RANGES]
     assert result["again"] == ["opfs", table[5:8].hex()]
     assert result["after_failure"] == [table[5:8].hex(), "none (OPFS: Error: the row reader was closed)"]
+    assert result["js_reads"] == [table[7:11].hex()] * 2
 
 
 def test_store_names_a_file_damaged_on_the_server(site, model_folder, offline_context):

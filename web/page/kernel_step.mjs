@@ -6,15 +6,27 @@
 //
 // plan: {act_words, constants: [word offset, bytes], caches: {name: bytes}, dispatches: [[kernel, bindings,
 // uniform (bytes), grid, the constants its WGSL is specialized for]], block: [word offset, words], output: [word offset, words],
-// rows: {new row name: word offset}}
+// rows: {new row name: word offset}, row: [per-layer row's word offset, its scales' word offset, data bytes, scales
+// are float16]}
 
 import { KERNELS } from "./wgsl.mjs";
 import { countStepTimes, readStaging, storageBuffer } from "./ort_bridge.mjs";
+import { readRow } from "./store_bridge.mjs";
 
 const UNIFORM_STRIDE = 256;  // minUniformBufferOffsetAlignment's largest allowed value
 // A step's pass goes in this many submits: the GPU starts on the first while Chromium turns the next into Vulkan
 // commands (E2B on an H100: 99.7 tokens/s with 4, 75.3 with 1, BENCHMARKS.md)
 const SUBMITS = 4;
+
+// an IEEE half (the table's block scales) as a number, exactly
+function halfToFloat(h) {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exponent = (h >> 10) & 31;
+  const fraction = h & 1023;
+  if (exponent === 0) return sign * fraction * 2 ** -24;
+  if (exponent === 31) return fraction ? NaN : sign * Infinity;
+  return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
+}
 
 function encodeDispatches(pass, dispatches) {
   for (const [pipeline, group, [x, y, z]] of dispatches) {
@@ -154,8 +166,20 @@ class KernelStep {
     return commands;
   }
 
-  // block: the step's inputs (Uint8Array, KernelPlan.pack) → the output words' bytes (top-k values, ids)
-  async run(block) {
+  // The token's per-layer row as stored (int4 data, then float16 or float32 block scales) into the step's inputs,
+  // where KernelPlan.pack puts it: the data as it is, the scales as float32.
+  writeRow(raw) {
+    const [rowsAt, scalesAt, dataBytes, f16] = this.plan.row;
+    this.device.queue.writeBuffer(this.act, rowsAt * 4, raw, 0, dataBytes);
+    const scales = raw.subarray(dataBytes);
+    const f32 = f16 ? Float32Array.from(new Uint16Array(scales.buffer, scales.byteOffset, scales.byteLength / 2), halfToFloat)
+      : new Float32Array(scales.slice().buffer);
+    this.device.queue.writeBuffer(this.act, scalesAt * 4, f32);
+  }
+
+  // block: the step's inputs (Uint8Array, KernelPlan.pack); row: where to read the token's per-layer row when the
+  // block lacks it (store_bridge.mjs readRow) → the output words' bytes (top-k values, ids)
+  async run(block, row) {
     const checked = this.runs++ < 2;  // the first runs (the rehearsal while loading) report any WebGPU error
     if (checked) this.device.pushErrorScope("validation");
     const t0 = performance.now();
@@ -163,6 +187,7 @@ class KernelStep {
     this.ahead = null;
     const [blockAt] = this.plan.block;
     this.device.queue.writeBuffer(this.act, blockAt * 4, block);
+    if (row) this.writeRow(await readRow(row));
     if (this.pending.length) {  // the last step's rows into their slots, before this step writes new ones
       const encoder = this.device.createCommandEncoder();
       this.encodeCopies(encoder, this.pending.splice(0));

@@ -124,3 +124,17 @@ export async function openRowReader(cacheName, files) {
   }
   return { read: (ranges) => ask({ read: ranges }, 10_000), close: () => close(new Error("the row reader was closed")) };
 }
+
+// One token's per-layer row for a decode step that reads it itself (kernel_step.mjs): {reader, copies, blobs} from
+// py/browser.py row_source, read from the OPFS copies where there is a reader, else (or where it fails: the Cache
+// API has every file) from the cached Blobs.
+export async function readRow({ reader, copies, blobs }) {
+  if (reader) {
+    try {
+      return await reader.read(copies);
+    } catch {
+      // the reader is closed for good: later steps go to the Cache API at once
+    }
+  }
+  return readRanges(blobs);
+}

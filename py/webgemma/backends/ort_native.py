@@ -97,6 +97,7 @@ class NativeStepSession:
         for name in self.output_names:
             self.binding.bind_output(name, "cpu")
         self.outputs: dict[str, np.ndarray] = {}  # the last step's, its new key/value rows among them
+        self.reads_rows = False
 
     async def copy(self, copies) -> None:
         for c in copies:
@@ -104,7 +105,7 @@ class NativeStepSession:
             src = self.outputs[c.src] if isinstance(c.src, str) else np.asarray(c.src)
             dst[:, :, c.dst_row:c.dst_row + c.rows] = src[:, :, c.src_row:c.src_row + c.rows]
 
-    async def run(self, feeds: dict) -> tuple[np.ndarray, np.ndarray]:
+    async def run(self, feeds: dict, row: object = None) -> tuple[np.ndarray, np.ndarray]:
         for name, value in feeds.items():
             self.binding.bind_cpu_input(name, np.ascontiguousarray(value))
         self.session.run_with_iobinding(self.binding)

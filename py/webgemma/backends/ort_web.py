@@ -286,6 +286,7 @@ class WebStepSession:
     def __init__(self, step: browser.JsStepSession | browser.JsKernelStep, caches: list[dict], k: int,
                  plan: KernelPlan | None = None):
         self._step, self.k, self.plan = step, k, plan
+        self.reads_rows = plan is not None
         self.slots = {c["input"]: c["dims"][2] for c in caches}
         self._dims = {c["input"]: c["dims"] for c in caches}
 
@@ -298,9 +299,9 @@ class WebStepSession:
                              4 * dim * c.rows))
         self._step.copy(rows)
 
-    async def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    async def run(self, feeds: dict[str, np.ndarray], row: object = None) -> tuple[np.ndarray, np.ndarray]:
         if self.plan is not None:
-            return self.plan.read(await self._step.run(self.plan.pack(feeds)))
+            return self.plan.read(await self._step.run(self.plan.pack(feeds), row))
         data = await self._step.run(feeds)
         return (np.frombuffer(data, np.float32, self.k), np.frombuffer(data, np.int64, self.k, offset=4 * self.k))
 
