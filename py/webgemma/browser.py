@@ -355,10 +355,14 @@ class CachedFile:
         return start, start + length
 
 
+def _blob_spans(ranges: list[tuple[CachedFile, int, int]]) -> list[list]:
+    """store_bridge.mjs readRanges' [blob, start, end] of (file, start, length) ranges."""
+    return [[file._blob, *file._span(start, length)] for file, start, length in ranges]
+
+
 async def read_ranges(ranges: list[tuple[CachedFile, int, int]]) -> bytes:
     """The bytes of many (file, start, length) ranges, concatenated, read in one call."""
-    spans = [[file._blob, *file._span(start, length)] for file, start, length in ranges]
-    return (await (await _import(STORE_BRIDGE)).readRanges(to_js(spans))).to_bytes()
+    return (await (await _import(STORE_BRIDGE)).readRanges(to_js(_blob_spans(ranges)))).to_bytes()
 
 
 class RowReader:
@@ -384,7 +388,7 @@ def row_source(ranges: list[tuple[CachedFile, int, int]], reader: RowReader | No
     """Where a JS caller (the kernel step) reads byte ranges itself (store_bridge.mjs readRow): the copies through
     `reader` where given, else the cached files."""
     return to_js({"reader": reader._r if reader else None, "copies": [list(c) for c in copies or []],
-                  "blobs": [[f._blob, *f._span(start, length)] for f, start, length in ranges]},
+                  "blobs": _blob_spans(ranges)},
                  dict_converter=js.Object.fromEntries)
 
 

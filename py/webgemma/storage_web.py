@@ -219,21 +219,26 @@ class WebModelStore:
             return
         self._copies, self.copies = (reader, {p: i for i, p in enumerate(paths)}), "opfs"
 
+    def _copy_ranges(self, ranges: list[tuple[str, int, int]]) -> list[tuple[int, int, int]] | None:
+        """The ranges as (copy index, start, length) where the OPFS copies are open and hold every file of them."""
+        if self._copies and all(path in self._copies[1] for path, _, _ in ranges):
+            return [(self._copies[1][path], start, length) for path, start, length in ranges]
+        return None
+
     def range_source(self, ranges: list[tuple[str, int, int]]) -> object:
         """The ranges for a JS caller that reads them itself (browser.row_source): from the OPFS copies where they
         are open, else from the Cache API."""
-        copies = None
-        if self._copies and all(path in self._copies[1] for path, _, _ in ranges):
-            copies = [(self._copies[1][path], start, length) for path, start, length in ranges]
+        copies = self._copy_ranges(ranges)
         return browser.row_source([(self.file(path), start, length) for path, start, length in ranges],
                                   self._copies[0] if copies else None, copies)
 
     async def read_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes]:
         data = None
-        if self._copies and all(path in self._copies[1] for path, _, _ in ranges):
-            reader, index = self._copies
+        copies = self._copy_ranges(ranges)
+        if copies:
+            reader = self._copies[0]
             try:
-                data = await reader.read([(index[path], start, length) for path, start, length in ranges])
+                data = await reader.read(copies)
             except OSError as e:  # the worker failed: the Cache API still has every file
                 reader.close()
                 self._copies, self.copies = None, f"none (OPFS: {e})"

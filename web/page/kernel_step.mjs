@@ -61,10 +61,8 @@ class KernelStep {
     this.staging = device.createBuffer({ size: outWords * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     this.pending = [];  // copies out of act, done at the start of the next step
     this.runs = 0;
-    this.encodeAhead = true;
-    this.submits = SUBMITS;
-    this.ahead = null;  // the next step's command buffers
     this.stamps = null;
+    this.configure({});  // encodeAhead, submits, ahead: the next step's command buffers
   }
 
   async build(weight) {
@@ -128,7 +126,7 @@ class KernelStep {
   configure({ timeSteps = false, encodeAhead = true, submits = SUBMITS }) {
     this.encodeAhead = encodeAhead;
     this.submits = submits;
-    this.ahead = null;  // encoded as configured before
+    this.ahead = null;  // the next step's command buffers (encoded as configured before)
     if (timeSteps && !this.stamps && this.device.features.has("timestamp-query")) {
       this.stamps = {
         querySet: this.device.createQuerySet({ type: "timestamp", count: 2 }),

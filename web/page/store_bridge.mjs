@@ -97,7 +97,10 @@ export async function openRowReader(cacheName, files) {
   const close = (error) => {
     closed ??= error;
     worker.terminate();
-    for (const { reject } of pending.values()) reject(closed);
+    for (const { reject, timer } of pending.values()) {
+      clearTimeout(timer);
+      reject(closed);
+    }
     pending.clear();
   };
   worker.onmessage = ({ data }) => {
