@@ -157,7 +157,7 @@ def pages(a) -> None:
             r = page(query, **dict(kv.split("=") for kv in query.split("&")))
             key = query if a.queries.count(query) == 1 else f"{query} #{a.queries[:i + 1].count(query)}"
             out[key] = {k: r.get(k) for k in ("tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "load_ms", "ms_per_step",
-                                              "step_times", "graph_capture", "load_phases_ms", "prefill_ms", "repeats", "step", "kernel_profile_ms")} | {
+                                              "step_times", "graph_capture", "load_phases_ms", "prefill_ms", "repeats", "step", "kernel_profile_ms", "chained", "table", "table_wait_ms", "copies")} | {
                 "first_tokens": r["output_ids"][:16], "peak_gpu_mib": sampler.gpu_mib}
             record(a, f"{a.kind}/pages", out)  # after each page: a run cut short keeps what it measured
 
@@ -183,7 +183,7 @@ def browser(a) -> None:
         f"ttft_ms_{a.prompt}": round(ttft["ttft_ms"], 1),
         "peak_gpu_memory_gib": round(sampler.gpu_mib / 1024, 2),
         "long_chunks_equal_short_chunks": same, "page_params": a.page_params,
-        "graph_capture": warm.get("graph_capture"),
+        "graph_capture": warm.get("graph_capture"), "chained": warm.get("chained"), "table_wait_ms": warm.get("table_wait_ms"),
         # the greedy tokens after the longest prompt: equal across page settings when both compute the same model
         "first_tokens": long[contexts[-1]]["output_ids"][:32],
         "ms_per_step": {n: long[n].get("ms_per_step") for n in contexts[1:]},

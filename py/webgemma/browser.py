@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -628,8 +628,27 @@ class JsKernelStep(JsStepSession):
 
     async def run(self, block: bytes, row: Any = None) -> bytes:
         """row: where the step reads the token's per-layer row itself (`row_source`), when the block lacks it."""
+        return await self._result(self._s.run(to_js(block), row))
+
+    def submit(self, block: bytes, chained: bool) -> Awaitable[bytes]:
+        """Queues a step now (the per-layer table on the GPU); await the result later. chained: its token is the one
+        the step before sampled."""
+        return self._result(self._s.submit(to_js(block), None, chained))
+
+    @staticmethod
+    async def _result(promise: Any) -> bytes:
         try:
-            return (await self._s.run(to_js(block), row)).to_bytes()
+            return (await promise).to_bytes()
+        except JsException as e:
+            raise RuntimeError(str(e)) from None
+
+    def write(self, at: int, words: np.ndarray) -> None:
+        self._s.write(at, to_js(np.ascontiguousarray(words, np.uint32)))
+
+    async def upload_table(self, files: list[tuple[CachedFile, int, int]], row_bytes: int) -> None:
+        """The per-layer table onto the GPU: its (file, first row, rows). Raises RuntimeError where it cannot be."""
+        try:
+            await self._s.uploadTable(to_js([[f._blob, first, rows] for f, first, rows in files]), row_bytes)
         except JsException as e:
             raise RuntimeError(str(e)) from None
 
@@ -637,11 +656,10 @@ class JsKernelStep(JsStepSession):
         self._s.configure(to_js({"timeSteps": time_steps, "encodeAhead": encode_ahead, "submits": submits},
                                 dict_converter=js.Object.fromEntries))
 
-    async def profile(self) -> list[float] | None:
-        """GPU nanoseconds of each dispatch of the last step run again, then of the whole step in one pass (None
-        without timestamp queries)."""
-        ns = await self._s.profile()
-        return None if ns is None else ns.to_py()
+    async def profile(self, omit: list[list[int]]) -> dict | None:
+        """GPU nanoseconds of the last step run again: kernel_step.mjs profile (None without timestamp queries)."""
+        out = await self._s.profile(to_js(omit))
+        return None if out is None else out.to_py()
 
 
 async def kernel_step(ort: Any, weights: WeightBuffers, inputs: list, plan: Any) -> JsKernelStep:
@@ -651,7 +669,8 @@ async def kernel_step(ort: Any, weights: WeightBuffers, inputs: list, plan: Any)
     keys = {w.name: f"{w.location}@{w.offset}" for w in inputs}
     js_plan = {"act_words": plan.act_words, "constants": [plan.constants[0], to_js(plan.constants[1])], "caches": plan.caches,
                "dispatches": [[d.kernel, d.bindings, to_js(d.uniform), list(d.grid), d.constants] for d in plan.dispatches],
-               "block": list(plan.block), "output": list(plan.output), "rows": plan.rows, "row": list(plan.row)}
+               "block": list(plan.block), "output": list(plan.output), "row": list(plan.row), "tail": plan.tail,
+               "table": list(plan.table)}
     try:
         step = await module.createKernelStep(ort, weights._buffers, to_js(keys, dict_converter=js.Object.fromEntries),
                                              to_js(js_plan, dict_converter=js.Object.fromEntries))

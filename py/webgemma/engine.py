@@ -8,6 +8,10 @@ Where the backend gives a step session (`use_step_session`), decoding leaves the
 the cache moves once into fixed buffers and every token is one replay of the captured step graph
 (webgemma.static_cache). Only the top-k candidates come back from it; samplers that need every logit, and long
 follow-up prompts, go back to the prefill graph.
+
+Where the step session chains (the kernels with the per-layer table on the GPU), the tokens after the first are
+sampled on the GPU and each step is queued before the last one's result is read (`_chain`): the page's Python then
+only keeps the queue full. The GPU picks as Sampler does, from the same draws of the sampler's generator.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .backends import Backend
+from .kernel_plan import MAX_STOPS
 from .manifest import FULL, SHARED_SLIDING, SLIDING, Manifest
 from .per_layer_rows import PerLayerRows
 from .rope import rope_tables
@@ -29,6 +35,7 @@ from .sampling import Sampler, SamplingSettings
 from .static_cache import StaticDecoder, StepSession
 
 STEP_PREFILL_MAX = 32  # a follow-up prompt this short is fed through the step graph; a longer one is prefilled anew
+CHAIN_DEPTH = 3  # steps queued on the GPU at once when the session chains them (kernel_step.mjs STAGING: at most 4)
 
 
 class ContextLimitError(ValueError):
@@ -68,6 +75,7 @@ class Engine:
         self.timing = {"rows": 0.0, "run": 0.0, "steps": 0}  # seconds spent reading table rows / in run()
         self.static: StaticDecoder | None = None
         self.on_static = False  # the cache lives in the step session's buffers
+        self.chain_depth = CHAIN_DEPTH  # 0: never chain steps (benchmarks: sampling in Python)
         self.reset()
 
     def use_step_session(self, session: StepSession) -> None:
@@ -102,18 +110,25 @@ class Engine:
 
     async def _token_feeds(self, ids: list[int], rows: bool = True) -> dict[str, np.ndarray]:
         """input ids, table rows (unless `rows` is false) and RoPE tables for `ids` following the cached tokens."""
-        positions = np.arange(len(self.tokens), len(self.tokens) + len(ids))
         feeds = {self.io["inputs"]["input_ids"]: np.asarray([ids], np.int64), **(await self.rows.feeds(ids) if rows else {})}
+        return feeds | self._rope_feeds(np.arange(len(self.tokens), len(self.tokens) + len(ids)))
+
+    def _rope_feeds(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {}
         for kind, names in self.io["rope"].items():
             feeds[names["cos"]], feeds[names["sin"]] = rope_tables(self.inv_freq[kind], positions)
         return feeds
 
-    async def _step(self, token: int) -> Scores:
-        """One token through the step session (top-k scores)."""
+    async def _to_static(self) -> None:
+        """Moves the cache into the step session's buffers (once after a prefill)."""
         if not self.on_static:
             await self.static.load(self.cache, len(self.tokens))
             self._release(self.cache)
             self.cache, self.on_static = {}, True
+
+    async def _step(self, token: int) -> Scores:
+        """One token through the step session (top-k scores)."""
+        await self._to_static()
         t0 = time.perf_counter()
         # a session that reads the row itself spares Python a read (and an await) per token
         row = self.rows.source(token) if self.static.session.reads_rows else None
@@ -124,6 +139,56 @@ class Engine:
         self.tokens.append(token)
         self.last = Scores(np.asarray(values).reshape(-1), np.asarray(ids).reshape(-1))
         return self.last
+
+    def _chains(self, top_k: bool, stop_ids: set[int]) -> bool:
+        """Whether the next tokens can be sampled on the GPU, steps queued ahead (see `_chain`)."""
+        return (self.static is not None and getattr(self.static.session, "chains", False) and self.chain_depth > 0
+                and top_k and len(stop_ids) <= MAX_STOPS and bool(self.tokens))
+
+    async def _chain(self, token: int, sampler: Sampler, history: list[int], stop_ids: set[int],
+                     steps: int) -> AsyncIterator[int]:
+        """The tokens after `token` (at most `steps`), each sampled on the GPU by the step that fed the one before,
+        `chain_depth` steps in flight. A stop token sampled there stops later steps' cache writes, so the steps queued
+        past it are simply forgotten; steps queued past a token at which the caller stops for another reason (a stop
+        string, cancel) have written their rows over slots of the sliding windows: the cache is then dropped."""
+        await self._to_static()
+        session, s = self.static.session, sampler.settings
+        if s.repetition_penalty != 1.0:
+            session.mark_seen(history)
+        params = [s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty]
+        stops = np.asarray(sorted(stop_ids), np.int64)
+        pending: deque[Awaitable] = deque()
+
+        def queue(first: int | None) -> None:
+            feeds = self._rope_feeds(np.arange(self.static.length, self.static.length + 1))
+            feeds[self.io["inputs"]["input_ids"]] = np.asarray([[first or 0]], np.int64)
+            feeds["sample"] = np.asarray([sampler.rng.random(), *params], np.float32)
+            feeds["stops"] = stops
+            pending.append(self.static.submit(feeds, chained=first is None))
+
+        t0 = time.perf_counter()
+        queue(token)
+        queued, live = 1, True
+        try:
+            while pending:
+                while queued < steps and len(pending) < self.chain_depth:
+                    queue(None)
+                    queued += 1
+                t1 = time.perf_counter()
+                values, ids, sampled, live = await pending.popleft()
+                self._count(t0, t1)
+                t0 = time.perf_counter()
+                self.tokens.append(token)
+                self.last = Scores(values, ids)
+                token = sampled
+                yield token
+        finally:
+            ahead = len(pending)
+            while pending:
+                await pending.popleft()
+            self.static.rollback(len(self.tokens))
+            if ahead and live:
+                self.reset()
 
     def _restart_timing(self) -> dict:
         """The timers so far, and fresh ones from now on."""
@@ -217,31 +282,41 @@ class Engine:
         scores, reused = await self.prefill(result.prompt_ids, top_k)
         t_prefill = time.perf_counter()
         history = list(result.prompt_ids)
-        decode_start = None
-        while True:
-            token = sampler(scores.values, history, scores.ids)
-            result.output_ids.append(token)
-            history.append(token)
-            if decode_start is None:
-                decode_start = time.perf_counter()
-                prefill_timing = self._restart_timing()
-            if token in stop_ids:
-                result.finish_reason = "stop"
-                break
-            if on_token is not None:
-                stop = on_token(token)
-                if inspect.isawaitable(stop):
-                    stop = await stop
-                if stop:
-                    result.finish_reason = "stopped"
+        token = sampler(scores.values, history, scores.ids)
+        decode_start = time.perf_counter()
+        prefill_timing = self._restart_timing()
+        chain = None  # the GPU's tokens (`_chain`)
+        try:
+            while True:
+                result.output_ids.append(token)
+                history.append(token)
+                if token in stop_ids:
+                    result.finish_reason = "stop"
                     break
-            if len(result.output_ids) >= max_new_tokens:
-                result.finish_reason = "max_new_tokens"
-                break
-            if len(self.tokens) + 1 >= self.max_context:
-                result.finish_reason = "context"
-                break
-            scores = await self._run([token], top_k)
+                if on_token is not None:
+                    stop = on_token(token)
+                    if inspect.isawaitable(stop):
+                        stop = await stop
+                    if stop:
+                        result.finish_reason = "stopped"
+                        break
+                if len(result.output_ids) >= max_new_tokens:
+                    result.finish_reason = "max_new_tokens"
+                    break
+                if len(self.tokens) + 1 >= self.max_context:
+                    result.finish_reason = "context"
+                    break
+                if chain is None and self._chains(top_k, stop_ids):
+                    steps = min(max_new_tokens - len(result.output_ids), self.max_context - 1 - len(self.tokens))
+                    chain = self._chain(token, sampler, history, stop_ids, steps)
+                if chain is not None:
+                    token = await anext(chain)
+                else:
+                    scores = await self._run([token], top_k)
+                    token = sampler(scores.values, history, scores.ids)
+        finally:
+            if chain is not None:
+                await chain.aclose()
         t_end = time.perf_counter()
         fed = len(result.prompt_ids) - reused
         decoded = len(result.output_ids) - 1
@@ -252,7 +327,8 @@ class Engine:
             "prefill_tokens_per_s": fed / max(t_prefill - t0, 1e-9),
             "tokens_per_s": decoded / (t_end - decode_start) if decoded > 0 else 0.0,
             "backend": self.backend.name,
-            "graph_capture": self.on_static,  # decoded through the captured step session
+            "graph_capture": self.on_static or chain is not None,  # decoded through the captured step session
+            "chained": chain is not None,  # the tokens after the first sampled on the GPU, steps queued ahead
             # where a decode step's time goes: reading table rows, the graph run (with read-back), the rest
             "ms_per_step": {k: 1000 * v / max(self.timing["steps"], 1) for k, v in self.timing.items() if k != "steps"}
             | {"total": 1000 * (t_end - decode_start) / max(decoded, 1)},

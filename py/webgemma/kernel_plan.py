@@ -16,7 +16,10 @@ caches (webgemma.static_cache), in 12 dispatches per layer instead of ~30 onnxru
     ple_gate gelu(per_layer_input_gate h') * ple_i
     ple_proj z = per_layer_projection(...)
 
-then the final norm, the tied lm_head by column chunk (softcap on the last), and top-k in stages of 2,048.
+then the final norm, the tied lm_head by column chunk (softcap on the last), top-k in stages of 1,024 and the
+next token sampled from the top-k (used when steps chain; see webgemma.engine). The heads kernel writes the token's
+key and value rows straight into their cache slots (unless a stop token was sampled: `live`). Once the per-layer
+table is on the GPU, `gather` dispatches first copy the token's row from it.
 
 Every vector lives in one buffer of 32-bit words (`act`) at offsets fixed here; the per-step inputs (token id,
 table row, RoPE row, masks, used slots) are written into it as one block per step. Only int4 exports with blocks of
@@ -39,11 +42,15 @@ NONE = 0xFFFFFFFF
 MATVEC_GROUPS = 528  # matvec workgroups wanted at least (4 per SM of an H100), by taking more lanes per row
 MATVEC_WORDS = 8  # weight words a matvec lane reads at most (all at once: registers)
 LANES = (8, 16, 32, 64, 128, 256)
-TOP_K_ROW = 2048  # candidates a top-k workgroup sorts in workgroup memory
+TOP_K_ROW = 1024  # candidates a top-k workgroup sorts in workgroup memory (2,048: 2.4× the compare steps in all)
 ATTEND_CHUNK = 64  # cache slots per attention workgroup
 MAX_SLOTS = ATTEND_CHUNK * 1024  # the merge's chunk weights in workgroup memory (wgsl.mjs MAX_CHUNKS)
 HEAD_DIMS = (16, 32, 64, 128, 256, 512)  # the attention's lanes: 4 a slot, a column of 4 values each
 MAX_GROUPS = 65535  # workgroups along one grid dimension
+MAX_STOPS = 8  # stop token ids the sampling kernel checks
+TABLE_BINDINGS = 4  # per-layer table buffers one gather dispatch binds
+# the sampling settings in the step's block, in this order (float32; temperature 0 is greedy, a penalty of 1 none)
+SAMPLE_PARAMS = ("u", "temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 
 # each kernel's uniform struct U, field by field (wgsl.mjs); FLOATS are float32, the rest uint32
 UNIFORMS = {
@@ -51,10 +58,13 @@ UNIFORMS = {
     "norm": ["hidden", "res", "branch", "w_branch", "scalar", "w_in", "h_out", "eps", "out"],
     "embed": ["token", "nb", "out", "scale"],
     "per_layer": ["proj", "dim", "w", "rows", "scales", "out", "eps", "proj_scale"],
-    "heads": ["q", "heads", "d", "wq", "k_src", "k_dst", "wk", "v_src", "v_dst", "kv", "cos", "sin", "eps"],
+    "heads": ["q", "heads", "d", "wq", "k_src", "k_dst", "wk", "v_src", "v_dst", "kv", "cos", "sin", "eps", "slots",
+              "slot", "live"],
     "attend_part": ["q", "heads", "kv", "slots", "used", "mask", "parts", "stats"],
     "attend_merge": ["q", "heads", "kv", "used", "parts", "stats", "chunks", "knew", "vnew", "out"],
     "top_k": ["vals", "ids", "n", "row", "k", "out_vals", "out_ids"],
+    "sample": ["out", "k", "token", "live", "seen", "params", "stops"],
+    "gather": ["token", "per", "first", "row_words", "data_words", "scales", "rows", "out_scales", "f16"],
 }
 FLOATS = {"eps", "cap", "scale", "proj_scale"}
 EPI_STORE, EPI_GELU_MUL, EPI_GELU_AUX, EPI_ADD = 0, 1, 2, 3
@@ -80,31 +90,49 @@ class KernelPlan:
     constants: tuple[int, bytes]  # (word offset, float32 bytes): the norm weights and layer scalars, written once
     caches: dict[str, int]  # cache input name → bytes
     dispatches: list[Dispatch]
-    inputs: dict[str, int]  # step feed name → word offset in act; "used.<mask input>" → the used-slot count's
+    # step feed name → word offset in act; "used.<mask input>" / "slot.<mask input>" → the used-slot count's / the
+    # slot taking the token's key and value rows; "live", "sample", "stops" (see pack)
+    inputs: dict[str, int]
     block: tuple[int, int]  # the per-step input block: (word offset, words)
-    output: tuple[int, int]  # top-k values then ids (uint32): (word offset, words)
+    output: tuple[int, int]  # top-k values, ids (uint32), then the sampled token and live: (word offset, words)
     rows: dict[str, int] = field(default_factory=dict)  # the step's new key/value rows (present names) → word offset
     k: int = 64
     # where the per-layer row goes when the step reads it itself (kernel_step.mjs writeRow): its data's and its
     # scales' word offsets, the data's bytes, whether the table stores float16 scales; the two feeds it replaces
     row: tuple[int, int, int, bool] = (0, 0, 0, True)
     row_feeds: tuple[str, ...] = ()
+    # the block from here on depends only on the position: a step whose token the last step sampled on the GPU
+    # (its id, live flag and per-layer row already in act) is given only this part
+    tail: int = 0
+    seen: tuple[int, int] = (0, 0)  # the repetition penalty's bitset of seen token ids: (word offset, words)
+    table: tuple[int, int] = (0, 0)  # the per-layer table on the GPU: (rows per buffer, buffers)
 
     def pack(self, feeds: dict[str, np.ndarray]) -> bytes:
-        """The per-step input block from the step feeds (webgemma.static_cache): every feed at its offset, and for
-        each mask the number of slots to attend over (up to its last visible one). The per-layer row's feeds may be
-        absent: the step then reads the row itself."""
+        """The per-step input block from the step feeds (webgemma.static_cache): every feed at its offset; for each
+        mask the number of slots to attend over (up to its last visible one) and the slot taking the token's rows
+        (its first hidden one: the next position, or the ring's slot leaving the window); live = 1 (the sampling
+        kernel clears it after a stop token: later steps then write no cache rows); "sample": SAMPLE_PARAMS (absent:
+        greedy); "stops": up to MAX_STOPS stop token ids. The per-layer row's feeds may be absent: the step then
+        reads the row itself."""
         start, words = self.block
         block = np.zeros(words, np.uint32)
+        block[self.inputs["live"] - start] = 1
         for name, at in self.inputs.items():
-            if name in self.row_feeds and name not in feeds:
+            if name == "live" or (name in self.row_feeds + ("sample", "stops") and name not in feeds):
                 continue
-            if name.startswith("used."):
-                mask = np.asarray(feeds[name.removeprefix("used.")]).reshape(-1)
-                visible = np.flatnonzero(mask == 0)
-                block[at - start] = visible[-1] + 1 if len(visible) else 0
+            if name.startswith(("used.", "slot.")):
+                mask = np.asarray(feeds[name[5:]]).reshape(-1)
+                if name.startswith("used."):
+                    visible = np.flatnonzero(mask == 0)
+                    block[at - start] = visible[-1] + 1 if len(visible) else 0
+                else:
+                    block[at - start] = np.argmax(mask != 0)
                 continue
             a = np.asarray(feeds[name])
+            if name == "stops":
+                if a.size > MAX_STOPS:
+                    raise ValueError(f"{a.size} stop ids: the sampling kernel checks at most {MAX_STOPS}")
+                a = np.concatenate([[a.size], a.reshape(-1)]).astype(np.uint32)
             raw = (a.astype(np.uint32) if a.dtype == np.int64 else a).tobytes()
             words_of = np.frombuffer(raw + b"\0" * (-len(raw) % 4), np.uint32)
             block[at - start : at - start + words_of.size] = words_of
@@ -113,6 +141,11 @@ class KernelPlan:
     def read(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         """(top values, their token ids as int64) from the output words."""
         return np.frombuffer(data, np.float32, self.k), np.frombuffer(data, np.uint32, self.k, 4 * self.k).astype(np.int64)
+
+    def sampled(self, data: bytes) -> tuple[int, bool]:
+        """(the token the step sampled, whether its steps still write cache rows: no stop token sampled yet)."""
+        token, live = np.frombuffer(data, np.uint32, 2, 8 * self.k)
+        return int(token), bool(live)
 
 
 class _Words:
@@ -169,10 +202,11 @@ class _Weights:
         return out
 
 def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[str, np.ndarray],
-                context: int, lanes: int | None = None) -> KernelPlan:
+                context: int, lanes: int | None = None, table_buffer_bytes: int = 2**31) -> KernelPlan:
     """The kernels' plan for the step graph whose external weights are `weights` and whose float32 constants are
     `floats` (webgemma.onnx_bytes), with caches of `context` slots for the global layers. lanes: every matvec's
-    lanes per row (8 to 256, a power of two; tests), instead of the choice by size."""
+    lanes per row (8 to 256, a power of two; tests), instead of the choice by size. table_buffer_bytes: the largest
+    buffer the per-layer table may take on the GPU (the device's storage binding limit)."""
     if lanes not in (None, *LANES):
         raise ValueError(f"lanes must be one of {LANES}, not {lanes}")
     arch, io = manifest.arch, manifest.decoder
@@ -194,9 +228,11 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     # the per-step input block first, then the constants, the outputs and the vectors
     inputs: dict[str, int] = {}
     names = io["inputs"]
-    inputs[names["input_ids"]] = act.take(1)
+    inputs[names["input_ids"]] = act.take(2)
+    inputs["live"] = inputs[names["input_ids"]] + 1
     inputs[names["per_layer_rows"]] = act.take(layers * per_layer // 8)
     inputs[names["per_layer_scales"]] = act.take(layers * per_layer // 32)
+    tail = act.size
     caches = {c["input"]: c["dims"] for c in step_caches(io, context)}
     masks = io["step_graph"]["masks"]
     slots = {}
@@ -207,6 +243,9 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         slots[kind] = caches[own["past_key"]][2]
         inputs[masks[kind]] = act.take(slots[kind])
         inputs["used." + masks[kind]] = act.take(1)
+        inputs["slot." + masks[kind]] = act.take(1)
+    inputs["sample"] = act.take(len(SAMPLE_PARAMS))
+    inputs["stops"] = act.take(1 + MAX_STOPS)
     block = (0, act.size)
     constants: list[np.ndarray] = []
     at_constant: dict[str, int] = {}
@@ -222,7 +261,10 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         return at_constant[w.prefix + relative]
 
     k = io["top_k"]["k"]
-    output = act.take(2 * k)
+    if k > 256:
+        raise KernelPlanError(f"top-{k}: the sampling kernel takes at most 256 candidates (a lane each)")
+    output = act.take(2 * k + 2)
+    seen = act.take(-(-vocab // 32))
     h = [act.take(hidden), act.take(hidden)]  # the residual stream, ping-pong (a norm reads one, writes the other)
     d_max = max(dims.values())
     x, q, attn, o, y, z = (act.take(n) for n in (hidden, heads * d_max, heads * d_max, hidden, hidden, hidden))
@@ -239,6 +281,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         rows[c["present_value"]] = act.take(c["num_key_value_heads"] * c["head_dim"])
 
     plan: list[Dispatch] = []
+    norm_per = {"PER": -(-hidden // 256)}  # the norm's values a lane holds
 
     def matvec(label: str, sources, k_in: int, outs: list[int], *, norm: dict | None = None, in_off: int = 0,
                epi: int = EPI_STORE, aux: int = 0, cap_: float = 0.0) -> None:
@@ -246,7 +289,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         dispatch's fields before it (the NORM kernel), whose x is the input."""
         if norm is not None:
             plan.append(Dispatch("norm", ["act"], _uniform("norm", hidden=hidden, eps=eps, out=x, **(
-                {"branch": NONE, "scalar": NONE, "w_in": NONE} | norm)), (1, 1, 1), label="norm"))
+                {"branch": NONE, "scalar": NONE, "w_in": NONE} | norm)), (1, 1, 1), norm_per, "norm"))
             in_off = x
         for first in range(0, len(sources), 3):
             group, group_outs = sources[first:first + 3], outs[first:first + 3]
@@ -270,6 +313,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
             at += s[2]
         return out
 
+    table = _gather(plan, manifest.table, inputs, names, table_buffer_bytes)
     # embedding (tied table, column chunks) and the per-layer inputs
     chunks = sorted(((n, wt) for n, wt in w.by_name.items() if n.startswith(w.prefix + "embed_tokens.weight")
                      and n.endswith(".qweight")), key=lambda item: _chunk_index(item[0]))
@@ -307,11 +351,13 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
             sources, outs = sources + ks + vs, outs + offsets(ks, k_raw) + offsets(vs, v_raw)
         matvec("qkv", sources, hidden, outs, norm=finish | {"res": h[cur], "h_out": h[1 - cur], "w_in": param(pre + "input_layernorm.weight")})
         cur = 1 - cur
-        plan.append(Dispatch("heads", ["act"], _uniform(
+        # a KV-shared layer binds its source's caches too, but writes no rows (writable bindings may not alias)
+        plan.append(Dispatch("heads", ["act", "cache:" + cache["past_key"], "cache:" + cache["past_value"]], _uniform(
             "heads", q=q, heads=heads, d=d, wq=param(pre + "self_attn.q_norm.weight"), k_src=k_raw,
             k_dst=rows[cache["present_key"]], wk=param(pre + "self_attn.k_norm.weight") if own else NONE, v_src=v_raw,
             v_dst=rows[cache["present_value"]], kv=kv, cos=inputs[io["rope"][kind]["cos"]],
-            sin=inputs[io["rope"][kind]["sin"]], eps=eps), (heads + (2 * kv if own else 0), 1, 1)))
+            sin=inputs[io["rope"][kind]["sin"]], eps=eps, slots=slots[kind], slot=inputs["slot." + masks[kind]],
+            live=inputs["live"]), (heads + (2 * kv if own else 0), 1, 1)))
         n_slots = slots[kind]
         view = {"q": q, "heads": heads, "kv": kv, "used": inputs["used." + masks[kind]]}
         chunks = -(-n_slots // ATTEND_CHUNK)
@@ -345,17 +391,41 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
 
     plan.append(Dispatch("norm", ["act"], _uniform(
         "norm", hidden=hidden, eps=eps, res=h[cur], h_out=h[1 - cur], w_in=param("norm.weight"), out=x, **finish),
-        (1, 1, 1)))
+        (1, 1, 1), norm_per))
     for c, (qw, sw, n, width, col) in enumerate(embed):
         matvec("lm_head", [(qw, sw, n, width)], width, [logits], in_off=x + col, epi=EPI_ADD if c else EPI_STORE,
                cap_=cap if c == len(embed) - 1 else 0.0)
     _top_k(plan, act, logits, vocab, k, output)
+    plan.append(Dispatch("sample", ["act"], _uniform(
+        "sample", out=output, k=k, token=inputs[names["input_ids"]], live=inputs["live"], seen=seen,
+        params=inputs["sample"], stops=inputs["stops"]), (1, 1, 1)))
     row_feeds = (names["per_layer_rows"], names["per_layer_scales"])
     row = (inputs[row_feeds[0]], inputs[row_feeds[1]], manifest.table["data_bytes"],
            manifest.table["scales_dtype"] == "float16")
     return KernelPlan(act.size, (constants_at, np.concatenate(constants).tobytes()),
                       {name: 4 * math.prod(dims_) for name, dims_ in caches.items()}, plan, inputs, block,
-                      (output, 2 * k), rows, k, row, row_feeds)
+                      (output, 2 * k + 2), rows, k, row, row_feeds, tail, (seen, -(-vocab // 32)), table)
+
+
+def _gather(plan: list[Dispatch], table: dict, inputs: dict, names: dict, buffer_bytes: int) -> tuple[int, int]:
+    """The dispatches that copy the token's per-layer row from the table on the GPU (kernel_step.mjs uploadTable:
+    buffers of `per` rows, bound as "table:<i>") into the step's inputs, scales widened to float32; run only once
+    the table is there (a step otherwise gets the row in its block). Returns (per, buffers)."""
+    row_bytes, data_bytes = table["row_bytes"], table["data_bytes"]
+    if row_bytes % 4 or data_bytes % 4:
+        raise KernelPlanError(f"per-layer rows of {row_bytes} bytes ({data_bytes} of data): not whole 32-bit words")
+    per = min(buffer_bytes // row_bytes, table["rows"])
+    buffers = -(-table["rows"] // per)
+    f16 = table["scales_dtype"] == "float16"
+    scales = (row_bytes - data_bytes) // (2 if f16 else 4)
+    for first in range(0, buffers, TABLE_BINDINGS):
+        bound = [f"table:{i}" for i in range(first, min(first + TABLE_BINDINGS, buffers))]
+        plan.append(Dispatch("gather", ["act", *bound] + ["none"] * (TABLE_BINDINGS - len(bound)), _uniform(
+            "gather", token=inputs[names["input_ids"]], per=per, first=first, row_words=row_bytes // 4,
+            data_words=data_bytes // 4, scales=scales, rows=inputs[names["per_layer_rows"]],
+            out_scales=inputs[names["per_layer_scales"]], f16=int(f16)), (1, 1, 1), {"BUFFERS": TABLE_BINDINGS},
+            label="gather"))
+    return per, buffers
 
 
 def _lanes(words: int, rows: int) -> int:
@@ -373,15 +443,17 @@ def _chunk_index(name: str) -> int:
 
 
 def _top_k(plan: list[Dispatch], act: _Words, vals: int, n: int, k: int, output: int) -> None:
-    """Top-k in stages: rows of 2,048 keep their best k until one row is left (as exporter/graph/top_k.py)."""
+    """Top-k in stages: rows of TOP_K_ROW keep their best k until one row is left (as exporter/graph/top_k.py)."""
     ids = NONE
     while True:
         groups = -(-n // TOP_K_ROW)
         last = groups == 1
         out = output if last else act.take(2 * groups * k)
         out_ids = output + k if last else out + groups * k
+        size = 1 << (min(TOP_K_ROW, n) - 1).bit_length()  # the row's candidates, to a power of two
         plan.append(Dispatch("top_k", ["act"], _uniform(
-            "top_k", vals=vals, ids=ids, n=n, row=TOP_K_ROW, k=k, out_vals=out, out_ids=out_ids), _grid(groups)))
+            "top_k", vals=vals, ids=ids, n=n, row=TOP_K_ROW, k=k, out_vals=out, out_ids=out_ids), _grid(groups),
+            {"SIZE": max(size, k)}))
         if last:
             return
         vals, ids, n = out, out_ids, groups * k

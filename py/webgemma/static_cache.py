@@ -14,6 +14,7 @@ The prompt is prefilled by the ordinary graph; its caches are then copied into t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 import numpy as np
@@ -109,6 +110,25 @@ class StaticDecoder:
         onnxruntime records the captured graph on the second run, so loading pays for it, not the first token."""
         for _ in range(2):
             await self.session.run(feeds | self._masks(0))
+
+    def submit(self, feeds: dict[str, np.ndarray], chained: bool) -> Awaitable:
+        """Queues the token at position `self.length` on a session that chains steps (it writes its own rows; see
+        WebStepSession.submit); returns what to await for its result."""
+        p = self.length
+        slot = self.ring.step(p)
+        pending = self.session.submit(feeds | self._masks(p), chained)
+        self.ring.place(p, slot)
+        self.length = p + 1
+        return pending
+
+    def rollback(self, length: int) -> None:
+        """Forgets the positions from `length` on (steps queued past a stop): the ring gives each slot back to the
+        position it held before. Their cache rows must not have been written (or the slots are stale)."""
+        for p in range(self.length - 1, length - 1, -1):
+            slot = self.ring.slot_of.pop(p)
+            if p >= self.ring.window:
+                self.ring.slot_of[p - self.ring.window] = slot
+        self.length = length
 
     async def step(self, feeds: dict[str, np.ndarray], row: object = None) -> tuple[np.ndarray, np.ndarray]:
         """Decodes the token in `feeds` (ids, rows or `row`, rope for position `self.length`), then stores its

@@ -22,7 +22,8 @@ STEP_CONTEXT = 8192  # default context of the step session's fixed caches (E2B: 
 async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Callable[[Progress], None] | None = None,
                          reverify: bool = False, verbose_log: bool = False, prefill_chunk: int = 256,
                          max_context: int | None = None, capture: bool = True, kernels: bool = True,
-                         kernel_lanes: int | None = None) -> tuple[Model, OrtWebBackend, EnsureReport]:
+                         kernel_lanes: int | None = None, table_on_gpu: bool = True,
+                         ) -> tuple[Model, OrtWebBackend, EnsureReport]:
     """The model at `model_url` (a folder written by `webgemma export`), ready to generate, and what the store
     did to get its files (downloaded, refetched after a failed check).
 
@@ -34,6 +35,9 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     kernels: that step through the hand-written kernels (webgemma.kernel_plan) where the export is one they read
     (int4) and they run; otherwise through the graph-captured step graph, and `report.step` says why.
     kernel_lanes: see kernel_plan's `lanes` (tests).
+    table_on_gpu: with the kernels, put the per-layer table on the GPU after loading (in the background): their steps
+    then find their rows there, sample there and follow each other without waiting for Python
+    (Engine._chain). Otherwise each step's row is read from storage.
     """
     phase = Laps()
     store = WebModelStore(model_url)
@@ -71,6 +75,9 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     if backend.weights is not None:
         await backend.weights.ready()
         phase("weights")
+    if report.step == "kernels" and table_on_gpu:  # their steps chain on the GPU once it holds the per-layer table
+        step.start_upload([(store.file(f["path"]), f["first_row"], f["rows"]) for f in manifest.table["files"]],
+                          manifest.table["row_bytes"])
     store.start_copies([f["path"] for f in manifest.table["files"]])  # the per-layer rows, read a row per token
     report.phases_ms = phase.ms
     return model, backend, report

@@ -19,7 +19,8 @@ from webgemma_export.export import export
 
 WGSL = Path(__file__).parents[2] / "web" / "page" / "wgsl.mjs"
 KERNEL_CONSTS = {"matvec": "MATVEC", "norm": "NORM", "embed": "EMBED", "per_layer": "PER_LAYER", "heads": "HEADS",
-                 "attend_part": "ATTEND_PART", "attend_merge": "ATTEND_MERGE", "top_k": "TOP_K"}
+                 "attend_part": "ATTEND_PART", "attend_merge": "ATTEND_MERGE", "top_k": "TOP_K", "sample": "SAMPLE",
+                 "gather": "GATHER"}
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +63,13 @@ def test_the_plan_names_the_step_graphs_weights_and_twelve_dispatches_a_layer(ex
     layer = ["norm", "qkv", "heads", "attend_part", "attend_merge", "o_proj", "norm", "gate_up", "down", "norm",
              "ple_gate", "ple_proj"]
     assert labels[first:first + 12 * layers] == layer * layers
-    assert labels[first + 12 * layers:] == ["norm", *["lm_head"] * labels.count("lm_head"), *["top_k"] * labels.count("top_k")]
+    assert labels[first + 12 * layers:] == ["norm", *["lm_head"] * labels.count("lm_head"), *["top_k"] * labels.count("top_k"),
+                                            "sample"]
+    assert labels[:labels.count("gather")] == ["gather"]  # the tiny table fits one buffer
     caches = {b[6:] for d in plan.dispatches for b in d.bindings if b.startswith("cache:")}
     assert caches == set(plan.caches)
+    written = {b[6:] for d in plan.dispatches if d.kernel == "heads" for b in d.bindings[1:]}
+    assert written == set(plan.caches)  # the heads kernels write every cache's rows
     for d in plan.dispatches:
         assert len(d.uniform) == 4 * len(UNIFORMS[d.kernel]) and all(g >= 1 for g in d.grid)
 
@@ -106,13 +111,26 @@ def test_the_step_block_holds_each_feed_where_the_kernels_read_it(exports):
         assert np.array_equal(words[at(name):at(name) + value.size].view(np.float32), value), name
     assert words[at("used." + masks["full_attention"])] == 5  # slots 0..4 hold the earlier positions
     assert words[at("used." + masks["sliding_attention"])] == 4  # up to the last visible slot
+    assert words[at("slot." + masks["full_attention"])] == 5  # the token's rows go to the next slot
+    assert words[at("slot." + masks["sliding_attention"])] == 1  # ... or to the ring's slot leaving the window
+    assert words[at("live")] == 1 and words[at("stops")] == 0  # no stop ids: sampling never clears live
+    assert not words[at("sample"):at("sample") + 6].any()  # no sampling settings: greedy
+    sample = np.array([0.25, 0.7, 40, 0.9, 0.05, 1.3], np.float32)
+    words = np.frombuffer(plan.pack(feeds | {"sample": sample, "stops": np.array([1, 106])}), np.uint32)
+    assert words[at("sample"):at("sample") + 6].view(np.float32).tolist() == sample.tolist()
+    assert words[at("stops"):at("stops") + 3].tolist() == [2, 1, 106]
+    # a chained step is given the block from `tail` on: everything but the token, live and the per-layer row
+    assert at("live") < plan.tail and at(io["inputs"]["per_layer_scales"]) < plan.tail
+    assert min(at(n) for n in plan.inputs if n not in ("live", *plan.row_feeds, io["inputs"]["input_ids"])) == plan.tail
 
 
 def test_the_output_words_are_values_then_ids():
     from webgemma.kernel_plan import KernelPlan
-    plan = KernelPlan(0, (0, b""), {}, [], {}, (0, 0), (0, 4), {}, k=2)
-    values, ids = plan.read(np.array([1.5, -2.0], np.float32).tobytes() + np.array([7, 262143], np.uint32).tobytes())
+    plan = KernelPlan(0, (0, b""), {}, [], {}, (0, 0), (0, 6), {}, k=2)
+    data = np.array([1.5, -2.0], np.float32).tobytes() + np.array([7, 262143, 262143, 0], np.uint32).tobytes()
+    values, ids = plan.read(data)
     assert values.tolist() == [1.5, -2.0] and ids.tolist() == [7, 262143] and ids.dtype == np.int64
+    assert plan.sampled(data) == (262143, False)
 
 
 def test_exports_the_kernels_do_not_read_are_refused_with_the_reason(exports):
@@ -153,3 +171,28 @@ def test_lanes_chosen_by_size_read_a_few_words_each_and_spread_small_matvecs():
         # few workgroups only where no more lanes can help: every lane already reads one word, or 256 lanes a row
         assert -(-rows * lanes // 256) >= MATVEC_GROUPS or words == 1 or lanes == 256, (k, rows)
         assert words > 1 or lanes == 8 or k // 8 > lanes // 2, (k, rows)  # not twice the lanes a row needs
+
+
+def test_the_table_is_cut_into_buffers_the_device_can_bind(exports):
+    manifest = parse_manifest((exports["e2b"] / "manifest.json").read_text())
+    table = manifest.table
+    per = -(-table["rows"] // 9)
+    _, _, plan = plan_of(exports["e2b"], table_buffer_bytes=per * table["row_bytes"] + 3)
+    assert plan.table == (per, 9)
+    gathers = [d for d in plan.dispatches if d.kernel == "gather"]
+    assert [np.frombuffer(d.uniform, np.uint32)[UNIFORMS["gather"].index("first")] for d in gathers] == [0, 4, 8]
+    bound = [b for d in gathers for b in d.bindings[1:] if b != "none"]
+    assert bound == [f"table:{i}" for i in range(9)]
+
+
+def test_top_k_stages_sort_rows_no_larger_than_their_candidates(exports):
+    from webgemma.kernel_plan import TOP_K_ROW
+    manifest, _, plan = plan_of(exports["e2b"])
+    n, k = manifest.arch["vocab_size"], plan.k
+    stages = [d for d in plan.dispatches if d.kernel == "top_k"]
+    for d in stages:
+        u = dict(zip(UNIFORMS["top_k"], np.frombuffer(d.uniform, np.uint32)))
+        assert u["n"] == n and d.grid[0] * d.grid[1] == -(-n // TOP_K_ROW)
+        assert d.constants["SIZE"] == max(k, 1 << (min(TOP_K_ROW, n) - 1).bit_length())
+        n = -(-n // TOP_K_ROW) * k
+    assert n == k * 1 and stages[-1].grid == (1, 1, 1)

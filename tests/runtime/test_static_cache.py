@@ -45,3 +45,37 @@ def test_a_window_of_one_keeps_only_the_token_itself():
     for p in range(5, 8):
         assert ring.step(p) == 0 and ring.slot_of == {}
         ring.place(p, 0)
+
+
+class QueueOnly:
+    """A step session that only records what would be queued (StaticDecoder.submit)."""
+
+    slots = {}
+
+    def submit(self, feeds, chained):
+        return None
+
+
+@pytest.mark.parametrize(("prompt", "ahead"), [(3, 2), (6, 3), (20, 3)])
+def test_rolling_back_steps_queued_past_a_stop_gives_each_slot_back(prompt, ahead):
+    from webgemma.static_cache import StaticDecoder
+    io = {"cache": [], "step_graph": {"masks": {}}}
+    decoder = StaticDecoder(QueueOnly(), io, window=8)
+    decoder.ring.fill(prompt)
+    decoder.length = prompt
+    for _ in range(4):  # accepted tokens
+        decoder.submit({}, chained=True)
+    kept = dict(decoder.ring.slot_of)
+    for _ in range(ahead):  # queued past the stop
+        decoder.submit({}, chained=True)
+    decoder.rollback(prompt + 4)
+    assert decoder.ring.slot_of == kept and decoder.length == prompt + 4
+    assert replay_from(decoder.ring, prompt + 4, 12)  # and the ring goes on as if they never were
+
+
+def replay_from(ring: SlotRing, start: int, steps: int) -> bool:
+    for p in range(start, start + steps):
+        slot = ring.step(p)
+        assert sorted(ring.slot_of) == list(range(max(0, p - ring.window + 1), p))
+        ring.place(p, slot)
+    return sorted(ring.slot_of.values()) == list(range(ring.window))

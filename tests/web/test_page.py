@@ -48,12 +48,14 @@ def run_page(page, site, **params) -> dict:
 
 
 # webgpu-capture decodes through the step session: the hand-written kernels by default (int4), the captured step
-# graph with step=graph (and for fp32, which the kernels do not read), the prompt's per-layer rows read from their
-# copies in OPFS (wait_copies=1) in the default variant; -lanes64 runs every kernel matvec with 64 lanes
-# per row (the tiny model takes 8 and 16; larger models up to 256, slow on SwiftShader) and its pass in 3 submits,
-# each step's commands encoded once its inputs are known
-STEP_VARIANTS = {"webgpu-capture": {"wait_copies": "1"}, "webgpu-capture-graph": {"step": "graph"},
-                 "webgpu-capture-lanes64": {"kernel_lanes": "64", "submits": "3", "encode_ahead": "0"}}
+# graph with step=graph (and for fp32, which the kernels do not read). The default variant waits for the per-layer
+# table on the GPU (its steps then sample there and are queued ahead, chained) and reads the prompt's rows from their
+# copies in OPFS (wait_copies=1); -lanes64 runs every kernel matvec with 64 lanes per row (the tiny model takes 8
+# and 16; larger models up to 256, slow on SwiftShader), its pass in 3 submits, each step's commands encoded once
+# its inputs are known, each step's row read from storage and its token sampled in Python
+STEP_VARIANTS = {"webgpu-capture": {"wait_copies": "1", "wait_table": "1"}, "webgpu-capture-graph": {"step": "graph"},
+                 "webgpu-capture-lanes64": {"kernel_lanes": "64", "submits": "3", "encode_ahead": "0", "gpu_table": "0",
+                                                        "profile": "1"}}
 
 
 @pytest.mark.parametrize(("quant", "backend"), [
@@ -85,6 +87,12 @@ def test_page_generates_the_cli_tokens(sites, offline_context, quant, backend):
         assert result["step"] == "kernels" if kernels else result["step"].startswith("graph"), result["step"]
         if "wait_copies" in variant:  # the prompt's rows came from OPFS
             assert result["copies"] == "opfs", result["copies"]
+        if variant.get("profile") and result["kernel_profile_ms"]:  # where the device has timestamp queries
+            profile = result["kernel_profile_ms"]
+            assert profile["step"] > 0 and set(profile["in_step"]) >= {"qkv", "gate_up", "sample"}, profile
+        if kernels:  # the tokens after the first sampled on the GPU, steps chained, or each one sampled in Python
+            chained = "gpu_table" not in variant
+            assert (result["chained"], result["table"]) == (chained, "gpu" if chained else "storage"), result
     if backend == "webgpu":
         placement = page.evaluate("window.webgemmaPlacement")
         assert list(placement["counts"]) == ["WebGpuExecutionProvider"], placement  # every node, none on CPU
@@ -104,6 +112,35 @@ def test_kernels_attend_over_several_chunks_of_the_cache(sites, offline_context)
     result = page.evaluate("window.webgemmaResult")
     assert result.get("error") is None and result["step"] == "kernels", result
     assert (result["prompt_ids"], result["output_ids"]) == (expected["prompt_ids"], expected["output_ids"])
+
+
+def test_chained_kernels_sample_the_cli_tokens(sites, offline_context):
+    """Seeded sampling on the GPU (temperature, top-k, top-p, min-p, a repetition penalty) picks what Python's
+    sampler picks from the same draws of the same generator: the CLI's tokens, which another seed changes."""
+    model, site = sites["int4"]
+    settings = {"temperature": "1.5", "top_k": "20", "top_p": "0.9", "min_p": "0.05", "repetition_penalty": "1.3"}
+    args = [a for name, value in settings.items() for a in (f"--{name.replace('_', '-')}", value)]
+    expected = cli_json(model, 12, *args, "--seed", "7")
+    assert expected["output_ids"] != cli_json(model, 12, *args, "--seed", "8")["output_ids"]
+    context, _ = offline_context(site.url)
+    result = run_page(context.new_page(), site, backend="webgpu", max_new_tokens=12, wait_table="1", seed="7", **settings)
+    assert result.get("error") is None and result["chained"], result
+    assert (result["prompt_ids"], result["output_ids"]) == (expected["prompt_ids"], expected["output_ids"])
+
+
+def test_steps_queued_past_a_stop_token_leave_the_cache_as_it_was(sites, offline_context):
+    """A stop token sampled on the GPU stops the cache writes of the steps already queued after it: a follow-up
+    prompt then reuses the cache and gets the tokens it gets when every step waits for Python's sampling."""
+    model, site = sites["int4"]
+    stop = cli_json(model, 4)["output_ids"][2]  # the third greedy token stops the reply
+    context, _ = offline_context(site.url)
+    runs = [run_page(context.new_page(), site, backend="webgpu", max_new_tokens=12, stop_ids=str(stop), then=" and then",
+                     **variant) for variant in ({"wait_table": "1"}, {"gpu_table": "0"})]
+    chained, stepped = runs
+    assert chained.get("error") is None and chained["chained"] and not stepped["chained"], runs
+    assert chained["output_ids"] == stepped["output_ids"] and chained["output_ids"][-1] == stop
+    assert chained["then_reused_tokens"] == len(chained["prompt_ids"]) + 2  # the reply up to its stop token
+    assert chained["then_output_ids"] == stepped["then_output_ids"]
 
 
 def test_raw_prompt_matches_the_cli(sites, offline_context):

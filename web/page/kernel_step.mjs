@@ -1,22 +1,25 @@
 // The decode step as hand-written WebGPU kernels (wgsl.mjs), run from a plan made in Python
 // (py/webgemma/kernel_plan.py): every pipeline and bind group is made once, and a step is one block of inputs
-// written into the activations buffer, one compute pass of the plan's dispatches (encoded during the step before)
-// and one read-back of the top-k.
+// written into the activations buffer, the plan's dispatches (encoded during the step before) and one read-back of
+// the top-k and the token sampled from them.
+// Once the per-layer table is on the GPU (uploadTable), a step finds its token's row itself, so steps can follow each
+// other without waiting for the page: each takes the token the step before sampled (`submit` with chained).
 // It works on onnxruntime-web's device, over the weights uploaded for its sessions (ort_bridge.mjs uploadWeights).
 //
 // plan: {act_words, constants: [word offset, bytes], caches: {name: bytes}, dispatches: [[kernel, bindings,
 // uniform (bytes), grid, the constants its WGSL is specialized for]], block: [word offset, words], output: [word offset, words],
-// rows: {new row name: word offset}, row: [per-layer row's word offset, its scales' word offset, data bytes, scales
-// are float16]}
+// row: [per-layer row's word offset, its scales' word offset, data bytes, scales are float16], tail: the block's
+// word from which it depends only on the position, table: [rows per table buffer, buffers]}
 
 import { KERNELS } from "./wgsl.mjs";
-import { countStepTimes, readStaging, storageBuffer } from "./ort_bridge.mjs";
+import { countStepTimes, fillWeights, readStaging, storageBuffer } from "./ort_bridge.mjs";
 import { readRow } from "./store_bridge.mjs";
 
 const UNIFORM_STRIDE = 256;  // minUniformBufferOffsetAlignment's largest allowed value
 // A step's pass goes in this many submits: the GPU starts on the first while Chromium turns the next into Vulkan
 // commands (E2B on an H100: 99.7 tokens/s with 4, 75.3 with 1, BENCHMARKS.md)
 const SUBMITS = 4;
+const STAGING = 4;  // read-back buffers: steps in flight at once, at most
 
 // an IEEE half (the table's block scales) as a number, exactly
 function halfToFloat(h) {
@@ -57,19 +60,24 @@ class KernelStep {
       size: UNIFORM_STRIDE * plan.dispatches.length, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     });
     plan.dispatches.forEach(([, , uniform], i) => device.queue.writeBuffer(this.uniforms, i * UNIFORM_STRIDE, uniform));
-    const [, outWords] = plan.output;
-    this.staging = device.createBuffer({ size: outWords * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-    this.pending = [];  // copies out of act, done at the start of the next step
+    this.outBytes = plan.output[1] * 4;
+    // each step's output, then its two timestamps (configure's timeSteps)
+    this.staging = Array.from({ length: STAGING }, () => device.createBuffer({
+      size: this.outBytes + 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    }));
+    this.sent = 0;  // steps submitted: the next one reads back through staging[sent % STAGING]
     this.runs = 0;
+    this.table = null;  // the per-layer table's buffers, once uploaded
     this.stamps = null;
     this.configure({});  // encodeAhead, submits, ahead: the next step's command buffers
   }
 
   async build(weight) {
-    const resolve = (ref) => {
+    this.resolve = (ref) => {
       if (ref === "act") return this.act;
       if (ref === "none") return this.none;
-      const buffer = ref.startsWith("w:") ? weight(ref.slice(2)) : this.caches.get(ref.slice(6));
+      const buffer = ref.startsWith("w:") ? weight(ref.slice(2)) : ref.startsWith("table:") ? this.table?.[+ref.slice(6)]
+        : this.caches.get(ref.slice(6));
       if (!buffer) throw new Error(`the kernel step needs ${ref}, which was not uploaded`);
       return buffer;
     };
@@ -87,36 +95,65 @@ class KernelStep {
       }));
     }
     for (const [k, promise] of pipelines) pipelines.set(k, await promise);
-    this.dispatches = this.plan.dispatches.map(([kernel, bindings, , grid, constants], i) => {
-      const pipeline = pipelines.get(key(kernel, constants));
-      const entries = [{ binding: 0, resource: { buffer: this.uniforms, offset: i * UNIFORM_STRIDE, size: UNIFORM_STRIDE } },
-        ...bindings.map((ref, j) => ({ binding: j + 1, resource: { buffer: resolve(ref) } }))];
-      return [pipeline, this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries }), grid];
-    });
+    this.pipelines = this.plan.dispatches.map(([kernel, , , , constants]) => pipelines.get(key(kernel, constants)));
+    this.bind();
     const error = await this.device.popErrorScope();
     if (error) throw new Error(`the kernel step could not be built: ${error.message}`);
   }
 
-  // copies: [[dst cache, dstOffset, src (a GPUBuffer, or the name of one of the step's new rows), srcOffset, bytes]]
-  // Copies of the step's own rows wait for the next step's commands; any other copy goes now, after them.
-  copy(copies) {
-    const rows = this.plan.rows;
-    const resolved = copies.map(([dst, dstOffset, src, srcOffset, bytes]) => typeof src === "string"
-      ? [dst, dstOffset, this.act, rows[src] * 4 + srcOffset, bytes, true]
-      : [dst, dstOffset, src, srcOffset, bytes, false]);
-    if (resolved.every((c) => c[5])) {
-      this.pending.push(...resolved);
-      return;
-    }
-    const encoder = this.device.createCommandEncoder();
-    this.encodeCopies(encoder, [...this.pending.splice(0), ...resolved]);
-    this.device.queue.submit([encoder.finish()]);
+  // The dispatches' bind groups: the gather dispatches only once the table is on the GPU (until then a step's block
+  // brings its row).
+  bind() {
+    this.indices = [];  // the plan index of each dispatch bound
+    this.dispatches = this.plan.dispatches.flatMap(([kernel, bindings, , grid], i) => {
+      if (kernel === "gather" && !this.table) return [];
+      this.indices.push(i);
+      const pipeline = this.pipelines[i];
+      const entries = [{ binding: 0, resource: { buffer: this.uniforms, offset: i * UNIFORM_STRIDE, size: UNIFORM_STRIDE } },
+        ...bindings.map((ref, j) => ({ binding: j + 1, resource: { buffer: this.resolve(ref) } }))];
+      return [[pipeline, this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries }), grid]];
+    });
+    this.ahead = null;
   }
 
-  encodeCopies(encoder, copies) {
+  // The per-layer table onto the GPU, in buffers of plan.table[0] rows. files: [[Blob, first row, rows]]; rowBytes:
+  // a row's bytes. Throws where the device cannot hold it (nothing is kept then).
+  async uploadTable(files, rowBytes) {
+    const [per, count] = this.plan.table;
+    const rows = files.reduce((n, [, , r]) => n + r, 0);
+    const limit = Math.min(this.device.limits.maxStorageBufferBindingSize, this.device.limits.maxBufferSize);
+    if (Math.min(per, rows) * rowBytes > limit) {
+      throw new Error(`the per-layer table takes buffers of ${Math.min(per, rows) * rowBytes} bytes; this device binds at most ${limit}`);
+    }
+    this.device.pushErrorScope("out-of-memory");
+    const buffers = Array.from({ length: count }, (_, b) => storageBuffer(this.device, Math.min(per, rows - b * per) * rowBytes));
+    const error = await this.device.popErrorScope();
+    if (error) {
+      for (const buffer of buffers) buffer.destroy();
+      throw new Error(`the per-layer table does not fit on the GPU: ${error.message}`);
+    }
+    const todo = new Map();  // each file's rows, cut where a buffer ends
+    files.forEach(([, first, n], f) => {
+      const pieces = [];
+      for (let row = first; row < first + n; row = (Math.floor(row / per) + 1) * per) {
+        const end = Math.min(first + n, (Math.floor(row / per) + 1) * per);
+        pieces.push([(row - first) * rowBytes, (end - row) * rowBytes, buffers[Math.floor(row / per)], (row % per) * rowBytes]);
+      }
+      todo.set(f, pieces);
+    });
+    await fillWeights(this.device, new Map(files.map(([blob], f) => [f, blob])), todo);
+    this.table = buffers;
+    this.bind();
+    this.runs = 0;  // the next runs, with the gather dispatches, report any WebGPU error
+  }
+
+  // copies (of a prefill's caches into the step's): [[dst cache, dstOffset, src GPUBuffer, srcOffset, bytes]]
+  copy(copies) {
+    const encoder = this.device.createCommandEncoder();
     for (const [dst, dstOffset, src, srcOffset, bytes] of copies) {
       encoder.copyBufferToBuffer(src, srcOffset, this.caches.get(dst), dstOffset, bytes);
     }
+    this.device.queue.submit([encoder.finish()]);
   }
 
   // For benchmarks. timeSteps: each step between GPU timestamps (the start of its first pass, the end of its last),
@@ -131,14 +168,13 @@ class KernelStep {
       this.stamps = {
         querySet: this.device.createQuerySet({ type: "timestamp", count: 2 }),
         resolved: this.device.createBuffer({ size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC }),
-        read: this.device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }),
       };
     }
   }
 
   // A step's command buffers: its dispatches in `submits` passes (the first and last with the timestamps), then the
-  // copy of its output into the staging buffer.
-  encode() {
+  // copy of its output (and timestamps) into the staging buffer `staging`.
+  encode(staging) {
     const stamps = this.stamps;
     const per = Math.ceil(this.dispatches.length / this.submits);
     const commands = [];
@@ -152,16 +188,15 @@ class KernelStep {
       } : undefined);
       encodeDispatches(pass, this.dispatches.slice(first, first + per));
       if (last) {
-        const [outAt, outWords] = this.plan.output;
-        encoder.copyBufferToBuffer(this.act, outAt * 4, this.staging, 0, outWords * 4);
+        encoder.copyBufferToBuffer(this.act, this.plan.output[0] * 4, this.staging[staging], 0, this.outBytes);
         if (stamps) {
           encoder.resolveQuerySet(stamps.querySet, 0, 2, stamps.resolved, 0);
-          encoder.copyBufferToBuffer(stamps.resolved, 0, stamps.read, 0, 16);
+          encoder.copyBufferToBuffer(stamps.resolved, 0, this.staging[staging], this.outBytes, 16);
         }
       }
       commands.push(encoder.finish());
     }
-    return commands;
+    return { staging, commands };
   }
 
   // The token's per-layer row as stored (int4 data, then float16 or float32 block scales) into the step's inputs,
@@ -176,72 +211,87 @@ class KernelStep {
   }
 
   // block: the step's inputs (Uint8Array, KernelPlan.pack); row: where to read the token's per-layer row when the
-  // block lacks it (store_bridge.mjs readRow) → the output words' bytes (top-k values, ids)
+  // block lacks it and the table is not on the GPU (store_bridge.mjs readRow) → the output words' bytes
   async run(block, row) {
+    return this.submit(block, row && !this.table ? await readRow(row) : null, false);
+  }
+
+  // Queues a step without waiting for the ones before; resolves to its output words' bytes (top-k values, ids,
+  // the sampled token, live). chained: the step's token is the one the step before sampled (its block's tail only
+  // is written); otherwise `raw` is its per-layer row, where the block lacks it. At most STAGING steps in flight.
+  submit(block, raw, chained) {
     const checked = this.runs++ < 2;  // the first runs (the rehearsal while loading) report any WebGPU error
     if (checked) this.device.pushErrorScope("validation");
     const t0 = performance.now();
-    const commands = this.ahead ?? this.encode();
+    const staging = this.sent++ % STAGING;
+    const { commands } = this.ahead?.staging === staging ? this.ahead : this.encode(staging);
     this.ahead = null;
     const [blockAt] = this.plan.block;
-    this.device.queue.writeBuffer(this.act, blockAt * 4, block);
-    if (row) this.writeRow(await readRow(row));
-    if (this.pending.length) {  // the last step's rows into their slots, before this step writes new ones
-      const encoder = this.device.createCommandEncoder();
-      this.encodeCopies(encoder, this.pending.splice(0));
-      this.device.queue.submit([encoder.finish()]);
-    }
+    const from = chained ? (this.plan.tail - blockAt) * 4 : 0;
+    this.device.queue.writeBuffer(this.act, blockAt * 4 + from, block, from);
+    if (raw) this.writeRow(raw);
     for (const command of commands) this.device.queue.submit([command]);
-    if (this.encodeAhead) this.ahead = this.encode();
+    if (this.encodeAhead) this.ahead = this.encode(this.sent % STAGING);
     const t1 = performance.now();
-    const error = checked && await this.device.popErrorScope();
-    if (error) throw new Error(`the kernel step failed on the GPU: ${error.message}`);
-    const [bytes, times] = await Promise.all([readStaging(this.staging), this.stamps && readStaging(this.stamps.read)]);
+    const error = checked && this.device.popErrorScope();
+    return this.read(staging, error, t0, t1);
+  }
+
+  async read(staging, error, t0, t1) {
+    const failed = error && await error;
+    if (failed) throw new Error(`the kernel step failed on the GPU: ${failed.message}`);
+    const data = await readStaging(this.staging[staging]);
     countStepTimes(0, t1 - t0, performance.now() - t1);  // the block's write is queued with the pass
-    if (times) {
-      const ns = new BigInt64Array(times.buffer);
+    if (this.stamps) {
+      const ns = new BigInt64Array(data.buffer, this.outBytes, 2);
       globalThis.webgemmaStepTimes.gpu_ms = (globalThis.webgemmaStepTimes.gpu_ms ?? 0) + Number(ns[1] - ns[0]) / 1e6;
     }
-    return bytes;
+    return data.subarray(0, this.outBytes);
+  }
+
+  // Words into act at a word offset (the repetition penalty's bitset of seen tokens), in queue order.
+  write(at, words) {
+    this.device.queue.writeBuffer(this.act, at * 4, words);
   }
 
   // For benchmarks: the last step's dispatches again, each in its own pass between GPU timestamps, then all of them
-  // in one pass as a step runs → the GPU nanoseconds of each, then of the whole step (null where the device has no
-  // timestamp queries). The step's state is not kept.
-  async profile() {
+  // in one pass as a step runs, then that pass without each group of `omit` (lists of plan dispatch indices) →
+  // {indices: the plan index of each dispatch timed alone, alone, step, without} in GPU nanoseconds (null where the
+  // device has no timestamp queries). A pass without a group computes garbage: only its time counts. The step's
+  // state is not kept.
+  async profile(omit) {
     if (!this.device.features.has("timestamp-query")) return null;
     const n = this.dispatches.length;
-    const querySet = this.device.createQuerySet({ type: "timestamp", count: 2 * (n + 1) });
-    const bytes = 16 * (n + 1);
+    const passes = [...this.dispatches.map((d) => [d]), this.dispatches,
+      ...omit.map((group) => this.dispatches.filter((_, i) => !group.includes(this.indices[i])))];
+    const querySet = this.device.createQuerySet({ type: "timestamp", count: 2 * passes.length });
+    const bytes = 16 * passes.length;
     const resolved = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
     const read = this.device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     const encoder = this.device.createCommandEncoder();
-    const timed = (i, dispatches) => {
+    passes.forEach((dispatches, i) => {
       const pass = encoder.beginComputePass({
         timestampWrites: { querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
       });
       encodeDispatches(pass, dispatches);
-    };
-    this.dispatches.forEach((dispatch, i) => timed(i, [dispatch]));
-    timed(n, this.dispatches);
-    encoder.resolveQuerySet(querySet, 0, 2 * (n + 1), resolved, 0);
+    });
+    encoder.resolveQuerySet(querySet, 0, 2 * passes.length, resolved, 0);
     encoder.copyBufferToBuffer(resolved, 0, read, 0, bytes);
     this.device.queue.submit([encoder.finish()]);
     const stamps = new BigInt64Array((await readStaging(read)).buffer);
-    const ns = Array.from({ length: n + 1 }, (_, i) => Number(stamps[2 * i + 1] - stamps[2 * i]));
+    const ns = passes.map((_, i) => Number(stamps[2 * i + 1] - stamps[2 * i]));
     for (const b of [resolved, read]) b.destroy();
     querySet.destroy();
-    return ns;
+    return { indices: this.indices, alone: ns.slice(0, n), step: ns[n], without: ns.slice(n + 1) };
   }
 
   async release() {
-    for (const buffer of [this.act, this.none, this.uniforms, this.staging, ...this.caches.values()]) {
+    for (const buffer of [this.act, this.none, this.uniforms, ...this.staging, ...this.caches.values(), ...this.table ?? []]) {
       buffer.destroy();
     }
     if (this.stamps) {
       this.stamps.querySet.destroy();
       this.stamps.resolved.destroy();
-      this.stamps.read.destroy();
     }
   }
 }

@@ -4,9 +4,11 @@ It loads the model (download progress, sha256 checks, WebGPU or wasm), then runs
 written as text (textContent / text nodes), never as HTML.
 
 URL parameters, for tests and benchmarks: model=URL prompt=TEXT max_new_tokens=N temperature=T top_p=P top_k=K
-seed=S raw=1 system=TEXT thinking=1 autorun=1 backend=webgpu|wasm max_context=N verify=1 (hash cached files again)
+min_p=M repetition_penalty=R seed=S raw=1 system=TEXT thinking=1 autorun=1 backend=webgpu|wasm max_context=N verify=1 (hash cached files again)
 verbose=1 (record onnxruntime's node placement) prefill_chunk=N; for benchmarks prompt_tokens=N (a synthetic raw
-prompt of N token ids), ignore_stop=1 (generate max_new_tokens whatever is sampled) and prefill_limit=N|0 (override
+prompt of N token ids), ignore_stop=1 (generate max_new_tokens whatever is sampled), stop_ids=A,B (these stop token
+ids instead of the model's), then=TEXT (after the first reply, generate again from the prompt, the reply and TEXT:
+a follow-up that reuses the cache; its tokens in `then_output_ids`) and prefill_limit=N|0 (override
 the backend's causal_prefill_limit; 0 lifts it), capture=0 (decode without the graph-captured step session),
 step=graph (decode through the graph-captured step graph, not the hand-written WebGPU kernels of
 webgemma.kernel_plan), kernel_lanes=8|16|...|256 (every kernel matvec's lanes per row), profile=1 (the kernels' GPU
@@ -15,7 +17,10 @@ step's commands once its inputs are known, not during the step before), submits=
 submits; 4 by default),
 repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`),
 think_ms=N (wait N ms after loading before the prompt, as a reader typing it would), wait_copies=1 (the per-layer
-table's copies in OPFS ready before the prompt; `copies` says where rows were read). With
+table's copies in OPFS ready before the prompt; `copies` says where rows were read), wait_table=1 (the kernels' per-layer
+table on the GPU before the prompt, so that their steps chain; `table` says where it is), chain=N (N kernel steps
+queued at once, each sampling the next one's token on the GPU; 0: one at a time, sampled in Python), gpu_table=0 (the
+kernels read each step's per-layer row from storage, never from the GPU). With
 autorun the page generates once and sets
 window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, ...}
 (or {error} when it cannot).
@@ -75,7 +80,8 @@ class ChatPage:
         p = self.params
         sampling = SamplingSettings(
             temperature=float(self.el["temperature"].value), top_p=float(self.el["top-p"].value),
-            top_k=int(p.get("top_k", 64)), seed=int(p["seed"]) if "seed" in p else None)
+            top_k=int(p.get("top_k", 64)), min_p=float(p.get("min_p", 0)),
+            repetition_penalty=float(p.get("repetition_penalty", 1)), seed=int(p["seed"]) if "seed" in p else None)
         return GenerationSettings(max_new_tokens=int(self.el["max-tokens"].value), sampling=sampling)
 
     def new_chat(self) -> None:
@@ -163,11 +169,19 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) ->
     if params.get("wait_copies") == "1" and store.copying:
         await store.copying
     static = page.model.engine.static
+    t_table = time.perf_counter()
+    if params.get("wait_table") == "1" and static and getattr(static.session, "uploading", None):
+        await static.session.uploading
+    table_wait_ms = (time.perf_counter() - t_table) * 1000
+    if "chain" in params:
+        page.model.engine.chain_depth = int(params["chain"])
     if static and step == "kernels":
         static.session.configure(time_steps=params.get("profile") == "1", encode_ahead=params.get("encode_ahead") != "0",
                                  submits=int(params["submits"]) if "submits" in params else None)
     if params.get("ignore_stop") == "1":
         page.model.generator.stop_token_ids = []
+    if "stop_ids" in params:
+        page.model.generator.stop_token_ids = [int(i) for i in params["stop_ids"].split(",")]
     if "prompt_tokens" in params:
         model, ids = page.model, synthetic_prompt(page.model, int(params["prompt_tokens"]))
         outcome = await model.generator.generate(ids, page.settings())
@@ -181,6 +195,11 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) ->
     for variant in range(1, int(params.get("repeat", 1)) if "prompt_tokens" in params else 0):
         again = await model.generator.generate(synthetic_prompt(model, len(ids), variant), page.settings())
         repeats.append({k: again.stats[k] for k in ("ttft_ms", "tokens_per_s", "prefill_tokens_per_s", "prefill_ms")})
+    then = {}
+    if "then" in params:
+        ids = outcome.prompt_ids + outcome.output_ids + page.model.tokenizer.encode(params["then"], add_special_tokens=False)
+        again = await page.model.generator.generate(ids, page.settings())
+        then = {"then_output_ids": again.output_ids, "then_reused_tokens": again.stats["reused_tokens"]}
     profile = await static.session.profile() if static and params.get("profile") == "1" else None
     browser.set_global("webgemmaResult", {
         "prompt_ids": outcome.prompt_ids, "output_ids": outcome.output_ids, "text": outcome.text,
@@ -189,7 +208,8 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) ->
         "load_ms": load_phases["total"], "load_phases_ms": load_phases, "prefill_ms": s["prefill_ms"],
         "memory": browser.memory_usage(), "ms_per_step": s["ms_per_step"], "graph_capture": s["graph_capture"],
         "step_times": browser.get_global("webgemmaStepTimes"), "repeats": repeats, "step": step,
-        "kernel_profile_ms": profile, "copies": store.copies,
+        "kernel_profile_ms": profile, "copies": store.copies, "chained": s["chained"],
+        "table": getattr(static.session, "table", None) if static else None, "table_wait_ms": table_wait_ms, **then,
     })
 
 
@@ -211,7 +231,8 @@ async def start(site: dict, env: dict, params: dict) -> None:
         max_context=int(params["max_context"]) if "max_context" in params else None,
         prefill_chunk=int(params.get("prefill_chunk", 512)), capture=params.get("capture") != "0",
         kernels=params.get("step") != "graph",
-        kernel_lanes=int(params["kernel_lanes"]) if "kernel_lanes" in params else None)
+        kernel_lanes=int(params["kernel_lanes"]) if "kernel_lanes" in params else None,
+        table_on_gpu=params.get("gpu_table") != "0")
     load_ms = (time.perf_counter() - t0) * 1000
     if "prefill_limit" in params:
         backend.causal_prefill_limit = int(params["prefill_limit"]) or None

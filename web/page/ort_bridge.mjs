@@ -84,7 +84,8 @@ export async function uploadWeights(ort, files, weights, buffers) {
 // copied, up to READ_AHEAD + 1 shard files in memory (320 MiB with the exporter's default 64 MiB shards).
 const READ_AHEAD = 4;
 
-async function fillWeights(device, files, todo) {
+// todo: path → [[offset in the file, length, buffer, offset in the buffer (default 0)]]
+export async function fillWeights(device, files, todo) {
   const read = (file) => file instanceof Blob ? file.arrayBuffer().then((b) => new Uint8Array(b)) : Promise.resolve(file);
   const paths = [...todo.keys()];
   const reads = paths.slice(0, READ_AHEAD).map((path) => read(files.get(path)));
@@ -98,9 +99,9 @@ async function fillWeights(device, files, todo) {
     new Uint8Array(staging.getMappedRange(), 0, data.byteLength).set(data);
     staging.unmap();
     const encoder = device.createCommandEncoder();
-    for (const [offset, length, buffer] of todo.get(paths[i])) {
+    for (const [offset, length, buffer, at = 0] of todo.get(paths[i])) {
       // the exporter starts every tensor at a multiple of 64 bytes; copies move whole 4-byte words
-      encoder.copyBufferToBuffer(staging, offset, buffer, 0, Math.min(Math.ceil(length / 4) * 4, staging.size - offset));
+      encoder.copyBufferToBuffer(staging, offset, buffer, at, Math.min(Math.ceil(length / 4) * 4, staging.size - offset));
     }
     device.queue.submit([encoder.finish()]);
     staging.destroy();  // freed once the copies have run

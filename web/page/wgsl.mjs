@@ -9,6 +9,7 @@
 
 const NONE = 0xffffffff;
 const MAX_CHUNKS = 1024;  // attention chunks of 64 slots a head (kernel_plan.py MAX_SLOTS)
+const MAX_STOPS = 8;  // kernel_plan.py MAX_STOPS
 
 const ACT = /* wgsl */ `
 @group(0) @binding(1) var<storage, read_write> act: array<u32>;
@@ -151,36 +152,44 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
 // The residual stream between two layers' parts and the input of the next matvec, by one workgroup:
 //   h' = (h + rms_norm(branch) * w_branch) * scalar          (branch and scalar optional), to h_out (not h)
 //   x  = rms_norm(h') * w_in                                  (or h' itself), to out
-const NORM = /* wgsl */ `
+// Each lane holds PER values (k = lane + 256 i) and fetches all it reads before any arithmetic, so that the loads'
+// latencies overlap (a loop of loads waits for each in turn: E2B's norms took 1.8 of a step's 4.4 ms GPU).
+const NORM = ({ PER }) => /* wgsl */ `
 struct U { hidden: u32, res: u32, branch: u32, w_branch: u32, scalar: u32, w_in: u32, h_out: u32, eps: f32, out: u32, }
 @group(0) @binding(0) var<uniform> u: U;
 ${common()}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) t: u32) {
   let n = u.hidden;
-  var inv_b = 0.0;
-  if (u.branch != NONE) {
-    var ss = 0.0;
-    for (var k = t; k < n; k += 256u) { let b = ld(u.branch + k); ss += b * b; }
-    inv_b = inverseSqrt(reduce_sum(ss, t) / f32(n) + u.eps);
-  }
-  var scale = 1.0;
-  if (u.scalar != NONE) { scale = ld(u.scalar); }
+  let has_branch = u.branch != NONE;
+  let has_w = u.w_in != NONE;
+  // absent operands read h's words instead (in bounds), their effect selected away below
+  let branch = select(u.res, u.branch, has_branch);
+  let w_branch = select(u.res, u.w_branch, has_branch);
+  let w_in = select(u.res, u.w_in, has_w);
+  var h: array<f32, ${PER}>;
+  var b: array<f32, ${PER}>;
+  var wb: array<f32, ${PER}>;
+  var wi: array<f32, ${PER}>;
+${range(PER).map((i) => `  {
+    let k = min(t + ${i * 256}u, n - 1u);
+    h[${i}] = ld(u.res + k);
+    b[${i}] = ld(branch + k);
+    wb[${i}] = ld(w_branch + k);
+    wi[${i}] = ld(w_in + k);
+  }`).join("\n")}
+  let scale = select(1.0, ld(select(u.res, u.scalar, u.scalar != NONE)), u.scalar != NONE);
   var ss = 0.0;
-  for (var k = t; k < n; k += 256u) {
-    var h = ld(u.res + k);
-    if (u.branch != NONE) { h += ld(u.branch + k) * inv_b * ld(u.w_branch + k); }
-    h *= scale;
-    st(u.h_out + k, h);
-    ss += h * h;
-  }
-  var inv = 1.0;
-  if (u.w_in != NONE) { inv = inverseSqrt(reduce_sum(ss, t) / f32(n) + u.eps); }
-  for (var k = t; k < n; k += 256u) {
-    var x = ld(u.h_out + k);
-    if (u.w_in != NONE) { x *= inv * ld(u.w_in + k); }
-    st(u.out + k, x);
-  }
+${range(PER).map((i) => `  ss += select(0.0, b[${i}] * b[${i}], t + ${i * 256}u < n);`).join("\n")}
+  let inv_b = select(0.0, inverseSqrt(reduce_sum(ss, t) / f32(n) + u.eps), has_branch);
+  ss = 0.0;
+${range(PER).map((i) => `  h[${i}] = (h[${i}] + b[${i}] * inv_b * wb[${i}]) * scale;
+  ss += select(0.0, h[${i}] * h[${i}], t + ${i * 256}u < n);`).join("\n")}
+  let inv = inverseSqrt(reduce_sum(ss, t) / f32(n) + u.eps);
+${range(PER).map((i) => `  if (t + ${i * 256}u < n) {
+    st(u.h_out + t + ${i * 256}u, h[${i}]);
+    st(u.out + t + ${i * 256}u, select(h[${i}], h[${i}] * inv * wi[${i}], has_w));
+  }`).join("\n")}
 }
 `;
 
@@ -221,13 +230,16 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
 `;
 
 // A workgroup per head: RMSNorm over the head (w NONE: unscaled, Gemma's v_norm), then rotate-half RoPE with the
-// position's cos/sin (rope false for values). Query heads in place; the new key/value rows from k_src/v_src to
-// k_dst/v_dst (own = 1; a KV-shared layer has none).
+// position's cos/sin (rope false for values). Query heads in place; the new key/value rows (a KV-shared layer has
+// none: kv workgroups 0) from k_src/v_src to k_dst/v_dst and, while act[live] is set, into the caches' slot act[slot]
+// (of `slots`; the token's own attention hides that slot).
 const HEADS = /* wgsl */ `
 struct U { q: u32, heads: u32, d: u32, wq: u32, k_src: u32, k_dst: u32, wk: u32, v_src: u32, v_dst: u32, kv: u32,
-           cos: u32, sin: u32, eps: f32, }
+           cos: u32, sin: u32, eps: f32, slots: u32, slot: u32, live: u32, }
 @group(0) @binding(0) var<uniform> u: U;
 ${common()}
+@group(0) @binding(2) var<storage, read_write> key_cache: array<f32>;
+@group(0) @binding(3) var<storage, read_write> value_cache: array<f32>;
 var<workgroup> xs: array<f32, 512>;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -236,16 +248,19 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   var dst = src;
   var w = u.wq;
   var rope = true;
+  let head = (wg.x - u.heads) % max(u.kv, 1u);  // a key or value row's kv head
+  let cached = (head * u.slots + act[u.slot]) * d;
   if (wg.x >= u.heads + u.kv) {
-    src = u.v_src + (wg.x - u.heads - u.kv) * d;
-    dst = u.v_dst + (wg.x - u.heads - u.kv) * d;
+    src = u.v_src + head * d;
+    dst = u.v_dst + head * d;
     w = NONE;
     rope = false;
   } else if (wg.x >= u.heads) {
-    src = u.k_src + (wg.x - u.heads) * d;
-    dst = u.k_dst + (wg.x - u.heads) * d;
+    src = u.k_src + head * d;
+    dst = u.k_dst + head * d;
     w = u.wk;
   }
+  let store = wg.x >= u.heads && act[u.live] != 0u;
   var ss = 0.0;
   for (var j = t; j < d; j += 256u) { let x = ld(src + j); xs[j] = x; ss += x * x; }
   let inv = inverseSqrt(reduce_sum(ss, t) / f32(d) + u.eps);
@@ -262,6 +277,8 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
       y = select(y * c + other * s, y * c - other * s, j < half);
     }
     st(dst + j, y);
+    if (store && rope) { key_cache[cached + j] = y; }
+    if (store && !rope) { value_cache[cached + j] = y; }
   }
 }
 `;
@@ -376,32 +393,34 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
 }
 `;
 
-// One stage of top-k: each workgroup sorts a row of at most 2,048 candidates (bitonic, in workgroup memory;
-// larger value first, then smaller id) and keeps its best k. ids NONE: a candidate's id is its index.
-const TOP_K = /* wgsl */ `
+// One stage of top-k: each workgroup sorts a row of at most SIZE (a power of two) candidates (bitonic, in
+// workgroup memory; larger value first, then smaller id) and keeps its best k. ids NONE: a candidate's id is its
+// index. Each lane fetches its candidates first (all loads in flight at once).
+const TOP_K = ({ SIZE }) => /* wgsl */ `
 struct U { vals: u32, ids: u32, n: u32, row: u32, k: u32, out_vals: u32, out_ids: u32, }
 @group(0) @binding(0) var<uniform> u: U;
 ${common()}
-var<workgroup> sv: array<f32, 2048>;
-var<workgroup> si: array<u32, 2048>;
+var<workgroup> sv: array<f32, ${SIZE}>;
+var<workgroup> si: array<u32, ${SIZE}>;
 fn before(av: f32, ai: u32, bv: f32, bi: u32) -> bool { return av > bv || (av == bv && ai < bi); }
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>) {
   let base = wg.x * u.row;
-  for (var i = t; i < 2048u; i += 256u) {
-    if (i < u.row && base + i < u.n) {
-      sv[i] = ld(u.vals + base + i);
-      si[i] = base + i;
-      if (u.ids != NONE) { si[i] = act[u.ids + base + i]; }
-    } else {
-      sv[i] = -3.4e38;
-      si[i] = NONE;
-    }
-  }
-  for (var k = 2u; k <= 2048u; k <<= 1u) {
+  let has_ids = u.ids != NONE;
+  let ids = select(u.vals, u.ids, has_ids);  // read in bounds either way
+${range(Math.ceil(SIZE / 256)).map((m) => `  if (t + ${m * 256}u < ${SIZE}u) {
+    let i = t + ${m * 256}u;
+    let c = min(base + i, u.n - 1u);
+    let ok = i < u.row && base + i < u.n;
+    let value = ld(u.vals + c);
+    let id = select(base + i, act[ids + c], has_ids);
+    sv[i] = select(-3.4e38, value, ok);
+    si[i] = select(NONE, id, ok);
+  }`).join("\n")}
+  for (var k = 2u; k <= ${SIZE}u; k <<= 1u) {
     for (var j = k >> 1u; j > 0u; j >>= 1u) {
       workgroupBarrier();
-      for (var i = t; i < 2048u; i += 256u) {
+      for (var i = t; i < ${SIZE}u; i += 256u) {
         let l = i ^ j;
         if (l > i) {
           let swap = select(before(sv[i], si[i], sv[l], si[l]), before(sv[l], si[l], sv[i], si[i]), (i & k) == 0u);
@@ -421,8 +440,112 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
 }
 `;
 
+// The next token from the top-k (values at out, ids after them), as webgemma.sampling.Sampler picks it from the same
+// candidates: a repetition penalty on ids in the `seen` bitset, then greedy (temperature 0) or temperature, top-k,
+// top-p, min-p and the draw u in [0, 1) over the candidates' cumulative probabilities in their order; params holds
+// u, temperature, top_k, top_p, min_p, penalty (sampling.py's order; zeros: greedy). The token goes to act[token]
+// (the next step's input), out[2k] and `seen`; a stop id among the `stops` (count, ids) clears act[live], copied
+// to out[2k + 1]. No barrier depends on a setting (read from storage, not uniform): both picks are computed.
+const SAMPLE = /* wgsl */ `
+struct U { out: u32, k: u32, token: u32, live: u32, seen: u32, params: u32, stops: u32, }
+@group(0) @binding(0) var<uniform> u: U;
+${common()}
+var<workgroup> xs: array<f32, 256>;
+var<workgroup> ranks: array<u32, 256>;
+fn rank_of(x: f32, t: u32) -> u32 {  // place in descending order, ties by index
+  var r = 0u;
+  for (var j = 0u; j < u.k; j++) { r += u32(xs[j] > x || (xs[j] == x && j < t)); }
+  return r;
+}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) t: u32) {
+  let draw = ld(u.params);
+  let temperature = ld(u.params + 1u);
+  let top_k = u32(ld(u.params + 2u));
+  let top_p = ld(u.params + 3u);
+  let min_p = ld(u.params + 4u);
+  let penalty = ld(u.params + 5u);
+  let on = t < u.k;
+  var id = 0u;
+  var x = -3.4e38;
+  if (on) {
+    id = act[u.out + u.k + t];
+    x = ld(u.out + t);
+    if (penalty > 0.0 && penalty != 1.0 && ((act[u.seen + id / 32u] >> (id % 32u)) & 1u) == 1u) {
+      x = select(x * penalty, x / penalty, x > 0.0);
+    }
+    x /= select(temperature, 1.0, temperature <= 0.0);
+  }
+  xs[t] = x;
+  workgroupBarrier();
+  let rank = rank_of(x, t);
+  let greedy = u32(reduce_sum(select(0.0, f32(t), on && rank == 0u), t));
+  if (on) { xs[rank] = x; }  // sorted: the top_k-th value
+  workgroupBarrier();
+  let kth = xs[max(min(top_k, u.k), 1u) - 1u];
+  let keep = on && (top_k == 0u || top_k >= u.k || x >= kth);
+  let m = reduce_max(select(-3.4e38, x, keep), t);
+  var p = select(0.0, exp(x - m), keep);
+  p /= reduce_sum(p, t);
+  xs[t] = p;
+  workgroupBarrier();
+  ranks[t] = rank_of(p, t);
+  workgroupBarrier();
+  var before = 0.0;  // the mass of the likelier candidates
+  for (var j = 0u; j < u.k; j++) { before += select(0.0, xs[j], ranks[j] < ranks[t]); }
+  p = select(0.0, p, top_p >= 1.0 || before < top_p);
+  let most = reduce_max(p, t);
+  p = select(p, 0.0, min_p > 0.0 && p < min_p * most);
+  workgroupBarrier();
+  xs[t] = p;
+  workgroupBarrier();
+  var cdf = 0.0;
+  for (var j = 0u; j <= t && j < u.k; j++) { cdf += xs[j]; }
+  let total = reduce_sum(p, t);
+  let below = reduce_sum(select(0.0, 1.0, on && cdf / total <= draw), t);
+  let pick = select(min(u32(below), u.k - 1u), greedy, temperature <= 0.0);
+  if (t == 0u) {
+    let token = act[u.out + u.k + pick];
+    act[u.token] = token;
+    act[u.out + 2u * u.k] = token;
+    act[u.seen + token / 32u] |= 1u << (token % 32u);
+    for (var i = 0u; i < min(act[u.stops], ${MAX_STOPS}u); i++) {
+      if (act[u.stops + 1u + i] == token) { act[u.live] = 0u; }
+    }
+    act[u.out + 2u * u.k + 1u] = act[u.live];
+  }
+}
+`;
+
+// The token's per-layer row from the table on the GPU (kernel_step.mjs uploadTable: buffers of `per` rows; this
+// dispatch binds buffers first.. first + BUFFERS - 1) into the step's inputs, as kernel_step.mjs writeRow would:
+// the int4 words as they are, the block scales as float32.
+const GATHER = ({ BUFFERS }) => /* wgsl */ `
+struct U { token: u32, per: u32, first: u32, row_words: u32, data_words: u32, scales: u32, rows: u32, out_scales: u32,
+           f16: u32, }
+@group(0) @binding(0) var<uniform> u: U;
+${common()}
+${range(BUFFERS).map((b) => `@group(0) @binding(${2 + b}) var<storage, read> table${b}: array<u32>;`).join("\n")}
+fn word(b: u32, i: u32) -> u32 {
+${range(BUFFERS).map((b) => `  if (b == ${b}u) { return table${b}[i]; }`).join("\n")}
+  return 0u;
+}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) t: u32) {
+  let token = act[u.token];
+  let b = token / u.per - u.first;  // wraps around below first
+  if (b >= ${BUFFERS}u) { return; }
+  let base = (token % u.per) * u.row_words;
+  for (var i = t; i < u.data_words; i += 256u) { act[u.rows + i] = word(b, base + i); }
+  for (var i = t; i < u.scales; i += 256u) {
+    let w = word(b, base + u.data_words + select(i, i / 2u, u.f16 == 1u));
+    st(u.out_scales + i, select(bitcast<f32>(w), unpack2x16float(w)[i % 2u], u.f16 == 1u));
+  }
+}
+`;
+
 // kernel name → its WGSL source for the plan's constants (Dispatch.constants: sizes the code is specialized for)
 export const KERNELS = {
-  matvec: MATVEC, norm: () => NORM, embed: () => EMBED, per_layer: () => PER_LAYER, heads: () => HEADS,
-  attend_part: ATTEND_PART, attend_merge: ATTEND_MERGE, top_k: () => TOP_K,
+  matvec: MATVEC, norm: NORM, embed: () => EMBED, per_layer: () => PER_LAYER, heads: () => HEADS,
+  attend_part: ATTEND_PART, attend_merge: ATTEND_MERGE, top_k: TOP_K, sample: () => SAMPLE, gather: GATHER,
 };

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,7 +194,8 @@ class OrtWebBackend:
         lap = laps or Laps()
         graph, weights = weights_as_inputs(model)
         if kernels:
-            plan = kernel_plan(manifest, weights, float_initializers(model), context, lanes)
+            buffer = min(limit, (self.adapter or {}).get("max_buffer_size", limit))
+            plan = kernel_plan(manifest, weights, float_initializers(model), context, lanes, table_buffer_bytes=buffer)
             await self.weights.upload(dict(external_data), weights)  # the prefill graph's: nothing new to upload
             lap("step_graph_edit")
             step = await browser.kernel_step(self._ort, self.weights, weights, plan)
@@ -281,23 +282,29 @@ class OrtWebBackend:
 
 class WebStepSession:
     """webgemma.static_cache.StepSession over the bridge's graph-captured StepSession, or over the kernel step
-    (`plan` given: its inputs go as one block, its ids come back as uint32)."""
+    (`plan` given: its inputs go as one block, its ids come back as uint32, it writes its own key/value rows into the
+    caches and, once the per-layer table is on the GPU (`upload_table`), samples and chains steps: `submit`)."""
 
     def __init__(self, step: browser.JsStepSession | browser.JsKernelStep, caches: list[dict], k: int,
                  plan: KernelPlan | None = None):
         self._step, self.k, self.plan = step, k, plan
         self.reads_rows = plan is not None
+        self.chains = False  # the table is on the GPU: steps sample and follow each other there (`submit`)
+        self.table, self.uploading = "storage", None
         self.slots = {c["input"]: c["dims"][2] for c in caches}
         self._dims = {c["input"]: c["dims"] for c in caches}
 
     async def copy(self, copies) -> None:
         rows = []
         for c in copies:
+            if self.plan is not None and isinstance(c.src, str):
+                continue  # the kernels wrote the step's own rows into their slots
             _, heads, slots, dim = self._dims[c.dst]
             for h in range(heads if c.rows else 0):  # [1, heads, slots, dim] float32: one run of rows per head
                 rows.append((c.dst, 4 * dim * (h * slots + c.dst_row), c.src, 4 * dim * (h * c.src_rows + c.src_row),
                              4 * dim * c.rows))
-        self._step.copy(rows)
+        if rows:
+            self._step.copy(rows)
 
     async def run(self, feeds: dict[str, np.ndarray], row: object = None) -> tuple[np.ndarray, np.ndarray]:
         if self.plan is not None:
@@ -305,21 +312,57 @@ class WebStepSession:
         data = await self._step.run(feeds)
         return (np.frombuffer(data, np.float32, self.k), np.frombuffer(data, np.int64, self.k, offset=4 * self.k))
 
+    def submit(self, feeds: dict[str, np.ndarray], chained: bool) -> Awaitable[tuple[np.ndarray, np.ndarray, int, bool]]:
+        """Queues a kernel step now (see KernelPlan.pack for `feeds`; chained: its token is the last step's sample);
+        await (top values, ids, sampled token, live) later."""
+        pending = self._step.submit(self.plan.pack(feeds), chained)
+
+        async def result():
+            data = await pending
+            return *self.plan.read(data), *self.plan.sampled(data)
+        return result()
+
+    def mark_seen(self, tokens: list[int]) -> None:
+        """The repetition penalty's seen tokens (the sampling kernel adds each token it picks)."""
+        at, words = self.plan.seen
+        bits = np.zeros(words * 32, np.uint8)
+        bits[np.asarray(tokens, np.int64)] = 1
+        self._step.write(at, np.packbits(bits, bitorder="little").view(np.uint32))
+
+    def start_upload(self, files: list[tuple[CachedFile, int, int]], row_bytes: int) -> None:
+        """Starts putting the per-layer table (its (file, first row, rows)) on the GPU (the task `uploading`); steps
+        chain once it is there. `table` says where the steps' rows come from."""
+        async def upload() -> None:
+            try:
+                await self._step.upload_table(files, row_bytes)
+                self.chains, self.table = True, "gpu"
+            except RuntimeError as e:
+                self.table = f"storage ({e})"
+        self.table = "storage (uploading to the GPU)"
+        self.uploading = asyncio.ensure_future(upload())
+
     def configure(self, *, time_steps: bool = False, encode_ahead: bool = True, submits: int | None = None) -> None:
         """For benchmarks, the kernel step only: time each step on the GPU (webgemmaStepTimes.gpu_ms); encode each
         step's commands during the step before (the default) or once its inputs are known; its pass in `submits`
         submits (default: kernel_step.mjs SUBMITS)."""
         self._step.configure(time_steps=time_steps, encode_ahead=encode_ahead, submits=submits)
 
-    async def profile(self) -> dict[str, float] | None:
-        """For benchmarks, the kernel step only: GPU milliseconds per kind of dispatch (qkv, attend_part, lm_head, ...)
-        of the last step run again, each dispatch timed alone, and under "step" the whole step in one pass as it runs;
-        None without timestamp queries."""
-        ns = await self._step.profile() if self.plan is not None else None
-        if ns is None:
+    async def profile(self) -> dict | None:
+        """For benchmarks, the kernel step only: GPU milliseconds of the last step run again, by kind of dispatch (qkv,
+        attend_part, lm_head, ...): "alone", each dispatch in a pass of its own (overstated by a pass's overhead: for
+        ranking); "in_step", what the step saves without that kind's dispatches (their real share, gaps included);
+        "step", the whole step in one pass. None without timestamp queries."""
+        if self.plan is None:
             return None
-        out: dict[str, float] = {}
-        for d, t in zip(self.plan.dispatches, ns):
-            out[d.label or d.kernel] = out.get(d.label or d.kernel, 0.0) + t / 1e6
-        out["step"] = ns[-1] / 1e6
-        return out
+        kinds: dict[str, list[int]] = {}
+        for i, d in enumerate(self.plan.dispatches):
+            kinds.setdefault(d.label or d.kernel, []).append(i)
+        out = await self._step.profile(list(kinds.values()))
+        if out is None:
+            return None
+        alone: dict[str, float] = {}
+        for i, t in zip(out["indices"], out["alone"]):
+            label = self.plan.dispatches[i].label or self.plan.dispatches[i].kernel
+            alone[label] = alone.get(label, 0.0) + t / 1e6
+        return {"step": out["step"] / 1e6, "alone": alone,
+                "in_step": {k: (out["step"] - t) / 1e6 for k, t in zip(kinds, out["without"])}}
