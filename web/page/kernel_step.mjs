@@ -141,7 +141,12 @@ class KernelStep {
       }
       todo.set(f, pieces);
     });
-    await fillWeights(this.device, new Map(files.map(([blob], f) => [f, blob])), todo);
+    try {
+      await fillWeights(this.device, new Map(files.map(([blob], f) => [f, blob])), todo);
+    } catch (e) {
+      for (const buffer of buffers) buffer.destroy();
+      throw e;
+    }
     this.table = buffers;
     this.bind();
     this.runs = 0;  // the next runs, with the gather dispatches, report any WebGPU error
