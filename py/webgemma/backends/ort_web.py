@@ -283,7 +283,7 @@ class OrtWebBackend:
 class WebStepSession:
     """webgemma.static_cache.StepSession over the bridge's graph-captured StepSession, or over the kernel step
     (`plan` given: its inputs go as one block, its ids come back as uint32, it writes its own key/value rows into the
-    caches and, once the per-layer table is on the GPU (`upload_table`), samples and chains steps: `submit`)."""
+    caches and, once the per-layer table is on the GPU (`start_upload`), samples and chains steps: `submit`)."""
 
     def __init__(self, step: browser.JsStepSession | browser.JsKernelStep, caches: list[dict], k: int,
                  plan: KernelPlan | None = None):
