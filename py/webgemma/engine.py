@@ -35,7 +35,8 @@ from .sampling import Sampler, SamplingSettings
 from .static_cache import StaticDecoder, StepSession
 
 STEP_PREFILL_MAX = 32  # a follow-up prompt this short is fed through the step graph; a longer one is prefilled anew
-CHAIN_DEPTH = 3  # steps queued on the GPU at once when the session chains them (kernel_step.mjs STAGING: at most 4)
+CHAIN_DEPTH = 3  # steps queued on the GPU at once when the session chains them
+MAX_CHAIN_DEPTH = 4  # kernel_step.mjs STAGING: its read-back buffers
 
 
 class ContextLimitError(ValueError):
@@ -171,7 +172,7 @@ class Engine:
         queued, live = 1, True
         try:
             while pending:
-                while queued < steps and len(pending) < self.chain_depth:
+                while queued < steps and len(pending) < min(self.chain_depth, MAX_CHAIN_DEPTH):
                     queue(None)
                     queued += 1
                 t1 = time.perf_counter()

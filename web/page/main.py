@@ -18,8 +18,8 @@ submits; 4 by default),
 repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`),
 think_ms=N (wait N ms after loading before the prompt, as a reader typing it would), wait_copies=1 (the per-layer
 table's copies in OPFS ready before the prompt; `copies` says where rows were read), wait_table=1 (the kernels' per-layer
-table on the GPU before the prompt, so that their steps chain; `table` says where it is), chain=N (N kernel steps
-queued at once, each sampling the next one's token on the GPU; 0: one at a time, sampled in Python), gpu_table=0 (the
+table on the GPU before the prompt, so that their steps chain; `table` says where it is), chain=N (N kernel steps, at
+most 4, queued at once, each sampling the next one's token on the GPU; 0: one at a time, sampled in Python), gpu_table=0 (the
 kernels read each step's per-layer row from storage, never from the GPU). With
 autorun the page generates once and sets
 window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, ...}
