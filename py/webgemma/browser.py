@@ -623,8 +623,8 @@ async def ort_step_session(ort: Any, model: bytes, weights: Any, options: dict, 
 
 
 class JsKernelStep(JsStepSession):
-    """kernel_step.mjs's KernelStep: the decode step as hand-written kernels (webgemma.kernel_plan). A copy's source
-    named by string is one of the step's new rows."""
+    """kernel_step.mjs's KernelStep: the decode step as hand-written kernels (webgemma.kernel_plan). Its copies come
+    from a prefill's tensors only: it writes its own new rows into the caches."""
 
     async def run(self, block: bytes, row: Any = None) -> bytes:
         """row: where the step reads the token's per-layer row itself (`row_source`), when the block lacks it."""

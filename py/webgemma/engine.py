@@ -131,9 +131,11 @@ class Engine:
         """One token through the step session (top-k scores)."""
         await self._to_static()
         t0 = time.perf_counter()
-        # a session that reads the row itself spares Python a read (and an await) per token
-        row = self.rows.source(token) if self.static.session.reads_rows else None
-        feeds = await self._token_feeds([token], rows=row is None)
+        # a session that reads the row itself spares Python a read (and an await) per token; one that holds the
+        # table needs no row at all
+        session = self.static.session
+        row = self.rows.source(token) if session.reads_rows and not session.chains else None
+        feeds = await self._token_feeds([token], rows=not session.reads_rows)
         t1 = time.perf_counter()
         values, ids = await self.static.step(feeds, row)
         self._count(t0, t1)
@@ -143,7 +145,7 @@ class Engine:
 
     def _chains(self, top_k: bool, stop_ids: set[int]) -> bool:
         """Whether the next tokens can be sampled on the GPU, steps queued ahead (see `_chain`)."""
-        return (self.static is not None and getattr(self.static.session, "chains", False) and self.chain_depth > 0
+        return (self.static is not None and self.static.session.chains and self.chain_depth > 0
                 and top_k and len(stop_ids) <= MAX_STOPS and bool(self.tokens))
 
     async def _chain(self, token: int, sampler: Sampler, history: list[int], stop_ids: set[int],

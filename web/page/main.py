@@ -170,7 +170,7 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) ->
         await store.copying
     static = page.model.engine.static
     t_table = time.perf_counter()
-    if params.get("wait_table") == "1" and static and getattr(static.session, "uploading", None):
+    if params.get("wait_table") == "1" and static and static.session.uploading:
         await static.session.uploading
     table_wait_ms = (time.perf_counter() - t_table) * 1000
     if "chain" in params:
@@ -209,7 +209,7 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) ->
         "memory": browser.memory_usage(), "ms_per_step": s["ms_per_step"], "graph_capture": s["graph_capture"],
         "step_times": browser.get_global("webgemmaStepTimes"), "repeats": repeats, "step": step,
         "kernel_profile_ms": profile, "copies": store.copies, "chained": s["chained"],
-        "table": getattr(static.session, "table", None) if static else None, "table_wait_ms": table_wait_ms, **then,
+        "table": static.session.table if static else None, "table_wait_ms": table_wait_ms, **then,
     })
 
 

@@ -97,7 +97,7 @@ class NativeStepSession:
         for name in self.output_names:
             self.binding.bind_output(name, "cpu")
         self.outputs: dict[str, np.ndarray] = {}  # the last step's, its new key/value rows among them
-        self.reads_rows = False
+        self.reads_rows = self.chains = False
 
     async def copy(self, copies) -> None:
         for c in copies:
