@@ -662,6 +662,11 @@ class JsKernelStep(JsStepSession):
         return None if out is None else out.to_py()
 
 
+async def subgroups_usable(ort: Any) -> bool:
+    """Whether the kernels may use the WebGPU device's subgroups (kernel_step.mjs subgroupsUsable)."""
+    return bool(await (await _import(KERNEL_STEP)).subgroupsUsable(ort))
+
+
 async def kernel_step(ort: Any, weights: WeightBuffers, inputs: list, plan: Any) -> JsKernelStep:
     """The KernelStep of `plan` (webgemma.kernel_plan.KernelPlan) over the uploaded weights, named by the step graph's
     weight inputs (webgemma.onnx_bytes.ExternalWeight)."""

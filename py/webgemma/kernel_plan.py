@@ -106,6 +106,7 @@ class KernelPlan:
     tail: int = 0
     seen: tuple[int, int] = (0, 0)  # the repetition penalty's bitset of seen token ids: (word offset, words)
     table: tuple[int, int] = (0, 0)  # the per-layer table on the GPU: (rows per buffer, buffers)
+    subgroups: bool = False  # the matvecs add by subgroup shuffles
 
     def pack(self, feeds: dict[str, np.ndarray]) -> bytes:
         """The per-step input block from the step feeds (webgemma.static_cache): every feed at its offset; for each
@@ -202,11 +203,14 @@ class _Weights:
         return out
 
 def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[str, np.ndarray],
-                context: int, lanes: int | None = None, table_buffer_bytes: int = 2**31) -> KernelPlan:
+                context: int, lanes: int | None = None, table_buffer_bytes: int = 2**31,
+                subgroups: bool = False) -> KernelPlan:
     """The kernels' plan for the step graph whose external weights are `weights` and whose float32 constants are
     `floats` (webgemma.onnx_bytes), with caches of `context` slots for the global layers. lanes: every matvec's
     lanes per row (8 to 256, a power of two; tests), instead of the choice by size. table_buffer_bytes: the largest
-    buffer the per-layer table may take on the GPU (the device's storage binding limit)."""
+    buffer the per-layer table may take on the GPU (the device's storage binding limit). subgroups: the device
+    has subgroups of consecutive invocations (kernel_step.mjs subgroupsUsable): the matvecs add their lanes' sums
+    by shuffles."""
     if lanes not in (None, *LANES):
         raise ValueError(f"lanes must be one of {LANES}, not {lanes}")
     arch, io = manifest.arch, manifest.decoder
@@ -299,11 +303,10 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
             o = group_outs + [0] * (3 - len(group))
             binding = ["act"] + [f"w:{name}" for s in group for name in s[:2]] + ["none", "none"] * (3 - len(group))
             rows_ = n[0] if epi == EPI_GELU_MUL else sum(n)
-            row_lanes = lanes or _lanes(k_in // 8, rows_)
+            constants = matvec_constants(k_in, rows_, lanes, subgroups)
             plan.append(Dispatch("matvec", binding, _uniform(
                 "matvec", k=k_in, in_off=in_off, n0=n[0], n1=n[1], n2=n[2], out0=o[0], out1=o[1], out2=o[2], epi=epi,
-                aux=aux, cap=cap_), _grid(-(-rows_ * row_lanes // 256)),
-                {"LANES": row_lanes, "PER": -(-k_in // 8 // row_lanes)}, label))
+                aux=aux, cap=cap_), _grid(-(-rows_ * constants["LANES"] // 256)), constants, label))
 
     def offsets(sources, at: int) -> list[int]:
         """Output offsets of stacked parts of one linear starting at `at`."""
@@ -404,7 +407,8 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
            manifest.table["scales_dtype"] == "float16")
     return KernelPlan(act.size, (constants_at, np.concatenate(constants).tobytes()),
                       {name: 4 * math.prod(dims_) for name, dims_ in caches.items()}, plan, inputs, block,
-                      (output, 2 * k + 2), rows, k, row, row_feeds, tail, (seen, -(-vocab // 32)), table)
+                      (output, 2 * k + 2), rows, k, row, row_feeds, tail, (seen, -(-vocab // 32)), table,
+                      subgroups)
 
 
 def _gather(plan: list[Dispatch], table: dict, inputs: dict, names: dict, buffer_bytes: int) -> tuple[int, int]:
@@ -426,6 +430,13 @@ def _gather(plan: list[Dispatch], table: dict, inputs: dict, names: dict, buffer
             out_scales=inputs[names["per_layer_scales"]], f16=int(f16)), (1, 1, 1), {"BUFFERS": TABLE_BINDINGS},
             label="gather"))
     return per, buffers
+
+
+def matvec_constants(k: int, rows: int, lanes: int | None = None, subgroups: bool = False) -> dict:
+    """What the matvec kernel (wgsl.mjs MATVEC) over `rows` rows of `k` int4 weights is specialized for: LANES a
+    row (by default by size), PER words a lane, SG: subgroup sums."""
+    lanes = lanes or _lanes(k // 8, rows)
+    return {"LANES": lanes, "PER": -(-k // 8 // lanes), "SG": int(subgroups)}
 
 
 def _lanes(words: int, rows: int) -> int:

@@ -22,7 +22,7 @@ STEP_CONTEXT = 8192  # default context of the step session's fixed caches (E2B: 
 async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Callable[[Progress], None] | None = None,
                          reverify: bool = False, verbose_log: bool = False, prefill_chunk: int = 256,
                          max_context: int | None = None, capture: bool = True, kernels: bool = True,
-                         kernel_lanes: int | None = None, table_on_gpu: bool = True,
+                         kernel_options: dict | None = None, table_on_gpu: bool = True,
                          ) -> tuple[Model, OrtWebBackend, EnsureReport]:
     """The model at `model_url` (a folder written by `webgemma export`), ready to generate, and what the store
     did to get its files (downloaded, refetched after a failed check).
@@ -34,7 +34,7 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     (default STEP_CONTEXT). Older exports, whose step graph has no masks, decode without it.
     kernels: that step through the hand-written kernels (webgemma.kernel_plan) where the export is one they read
     (int4) and they run; otherwise through the graph-captured step graph, and `report.step` says why.
-    kernel_lanes: see kernel_plan's `lanes` (tests).
+    kernel_options: kernel_plan's lanes, subgroups (tests, benchmarks).
     table_on_gpu: with the kernels, put the per-layer table on the GPU after loading (in the background): their steps
     then find their rows there, sample there and follow each other without waiting for Python
     (Engine._chain). Otherwise each step's row is read from storage.
@@ -61,7 +61,7 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
         if kernels:
             try:
                 step = await backend.step_session(step_graph, external, manifest, context, laps=phase, kernels=True,
-                                                  lanes=kernel_lanes)
+                                                  kernel_options=kernel_options)
                 await _start_step(model, step)  # the kernels' first runs: WebGPU errors show here
                 report.step = "kernels"
             except (KernelPlanError, RuntimeError) as e:

@@ -162,6 +162,13 @@ def test_lanes_set_the_rows_per_workgroup_and_the_words_a_lane_reads(exports, la
         assert d.grid[0] * d.grid[1] == -(-rows * lanes // 256)
 
 
+@pytest.mark.parametrize("subgroups", [False, True])
+def test_the_matvecs_add_by_subgroups_where_the_device_allows(exports, subgroups):
+    _, _, plan = plan_of(exports["e2b"], subgroups=subgroups)
+    assert plan.subgroups == subgroups
+    assert {d.constants["SG"] for d, _, _ in matvecs(plan)} == {int(subgroups)}
+
+
 def test_lanes_chosen_by_size_read_a_few_words_each_and_spread_small_matvecs():
     from webgemma.kernel_plan import MATVEC_GROUPS, MATVEC_WORDS, _lanes
     for k, rows in [(1536, 2560), (1536, 12288), (2048, 1536), (12288, 1536), (256, 1536), (1536, 262144), (96, 64)]:

@@ -52,10 +52,11 @@ def run_page(page, site, **params) -> dict:
 # table on the GPU (its steps then sample there and are queued ahead, chained) and reads the prompt's rows from their
 # copies in OPFS (wait_copies=1); -lanes64 runs every kernel matvec with 64 lanes per row (the tiny model takes 8
 # and 16; larger models up to 256, slow on SwiftShader), its pass in 3 submits, each step's commands encoded once
-# its inputs are known, each step's row read from storage and its token sampled in Python
+# its inputs are known, each step's row read from storage and its token sampled in Python, its lanes' sums added
+# through workgroup memory (not by subgroups)
 STEP_VARIANTS = {"webgpu-capture": {"wait_copies": "1", "wait_table": "1"}, "webgpu-capture-graph": {"step": "graph"},
-                 "webgpu-capture-lanes64": {"kernel_lanes": "64", "submits": "3", "encode_ahead": "0", "gpu_table": "0",
-                                                        "profile": "1"}}
+                 "webgpu-capture-lanes64": {"kernel_lanes": "64", "kernel_subgroups": "0", "submits": "3",
+                                            "encode_ahead": "0", "gpu_table": "0", "profile": "1"}}
 
 
 @pytest.mark.parametrize(("quant", "backend"), [
@@ -93,6 +94,8 @@ def test_page_generates_the_cli_tokens(sites, offline_context, quant, backend):
         if kernels:  # the tokens after the first sampled on the GPU, steps chained, or each one sampled in Python
             chained = "gpu_table" not in variant
             assert (result["chained"], result["table"]) == (chained, "gpu" if chained else "storage"), result
+            # SwiftShader's subgroups (4 invocations) are usable: the matvecs add by shuffles unless told not to
+            assert result["kernel_subgroups"] == ("kernel_subgroups" not in variant)
     if backend == "webgpu":
         placement = page.evaluate("window.webgemmaPlacement")
         assert list(placement["counts"]) == ["WebGpuExecutionProvider"], placement  # every node, none on CPU

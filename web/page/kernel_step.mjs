@@ -40,6 +40,40 @@ function encodeDispatches(pass, dispatches) {
   pass.end();
 }
 
+// Whether the matvecs may add their lanes' sums by subgroup shuffles (kernel_plan's `subgroups`): the device has
+// subgroups, and they are runs of consecutive invocations of a 1-D workgroup, which WGSL does not promise.
+export async function subgroupsUsable(ort) {
+  const device = await ort.env.webgpu.device;
+  if (!device.features.has("subgroups")) return false;
+  device.pushErrorScope("validation");
+  const module = device.createShaderModule({ code: `enable subgroups;
+@group(0) @binding(0) var<storage, read_write> ok: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) t: u32, @builtin(subgroup_size) sg: u32, @builtin(subgroup_invocation_id) sid: u32) {
+  let swapped = subgroupShuffleXor(t, 1u);
+  ok[t] = select(0u, 1u, sg >= 4u && (sg & (sg - 1u)) == 0u && sid == t % sg && swapped == (t ^ 1u));
+}` });
+  const pipeline = device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" } });
+  const ok = storageBuffer(device, 1024);
+  const read = device.createBuffer({ size: 1024, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  try {
+    const encoder = device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: ok } }] }));
+    pass.dispatchWorkgroups(1);
+    pass.end();
+    encoder.copyBufferToBuffer(ok, 0, read, 0, 1024);
+    device.queue.submit([encoder.finish()]);
+    if (await device.popErrorScope()) return false;
+    await read.mapAsync(GPUMapMode.READ);
+    return new Uint32Array(read.getMappedRange()).every((v) => v === 1);
+  } finally {
+    ok.destroy();
+    read.destroy();
+  }
+}
+
 // buffers: the weight buffers ("file@offset" → GPUBuffer); weightKeys: {weight input name: "file@offset"}
 export async function createKernelStep(ort, buffers, weightKeys, plan) {
   const device = await ort.env.webgpu.device;

@@ -11,7 +11,8 @@ ids instead of the model's), then=TEXT (after the first reply, generate again fr
 a follow-up that reuses the cache; its tokens in `then_output_ids`) and prefill_limit=N|0 (override
 the backend's causal_prefill_limit; 0 lifts it), capture=0 (decode without the graph-captured step session),
 step=graph (decode through the graph-captured step graph, not the hand-written WebGPU kernels of
-webgemma.kernel_plan), kernel_lanes=8|16|...|256 (every kernel matvec's lanes per row), profile=1 (the kernels' GPU
+webgemma.kernel_plan), kernel_lanes=8|16|...|256 (every kernel matvec's lanes per row), kernel_subgroups=0 (the
+matvecs add through workgroup memory where the device has subgroups), profile=1 (the kernels' GPU
 time by kind in `kernel_profile_ms`, and each step's in `step_times.gpu_ms`), encode_ahead=0 (encode each kernel
 step's commands once its inputs are known, not during the step before), submits=N (a kernel step's pass in N
 submits; 4 by default),
@@ -210,6 +211,7 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) ->
         "step_times": browser.get_global("webgemmaStepTimes"), "repeats": repeats, "step": step,
         "kernel_profile_ms": profile, "copies": store.copies, "chained": s["chained"],
         "table": static.session.table if static else None, "table_wait_ms": table_wait_ms, **then,
+        "kernel_subgroups": bool(static and static.session.plan and static.session.plan.subgroups),
     })
 
 
@@ -231,7 +233,8 @@ async def start(site: dict, env: dict, params: dict) -> None:
         max_context=int(params["max_context"]) if "max_context" in params else None,
         prefill_chunk=int(params.get("prefill_chunk", 512)), capture=params.get("capture") != "0",
         kernels=params.get("step") != "graph",
-        kernel_lanes=int(params["kernel_lanes"]) if "kernel_lanes" in params else None,
+        kernel_options={name: int(params["kernel_" + name]) for name in ("lanes", "subgroups")
+                        if "kernel_" + name in params},
         table_on_gpu=params.get("gpu_table") != "0")
     load_ms = (time.perf_counter() - t0) * 1000
     if "prefill_limit" in params:

@@ -79,8 +79,10 @@ ${range(PER).map((i) => `  {
 // spread over LANES lanes, PER words a lane (the plan picks LANES for the row length and the row count), x a vector
 // of act. epi: 0 store, 1 gelu(W0 x) * (W1 x) (the MLP's gate and up, same rows), 2 gelu(W0 x) * act[aux + n] (the
 // per-layer gate), 3 add to what is there (the lm_head's column chunks); then, with cap > 0, cap * tanh(y / cap)
-// (the final logit softcap).
-const MATVEC = ({ LANES, PER }) => /* wgsl */ `
+// (the final logit softcap). A row's lanes add their sums through workgroup memory (SG 0) or, where the device has
+// subgroups, by shuffles within the subgroup and workgroup memory only across subgroups (SG 1: a row's lanes are
+// consecutive invocations, which kernel_step.mjs subgroupsUsable checks).
+const MATVEC = ({ LANES, PER, SG = 0 }) => /* wgsl */ `${SG ? "enable subgroups;\n" : ""}
 struct U { k: u32, in_off: u32, n0: u32, n1: u32, n2: u32, out0: u32, out1: u32, out2: u32, epi: u32, aux: u32,
            cap: f32, }
 @group(0) @binding(0) var<uniform> u: U;
@@ -107,7 +109,7 @@ ${range(PER).map((i) => `  {
 var<workgroup> red2: array<f32, 256>;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>,
-        @builtin(num_workgroups) nwg: vec3<u32>) {
+        @builtin(num_workgroups) nwg: vec3<u32>${SG ? ", @builtin(subgroup_size) sg: u32, @builtin(subgroup_invocation_id) sid: u32" : ""}) {
   let wid = wg.x + wg.y * nwg.x;
   let lane = t % ${LANES}u;
   let g = wid * ${256 / LANES}u + t / ${LANES}u;
@@ -130,8 +132,25 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
     a = fetch2(row - u.n0 - u.n1, lane);
     out = u.out2 + row - u.n0 - u.n1;
   }
-  red[t] = dotWords(a, lane);
-  if (u.epi == 1u) { red2[t] = dotWords(b, lane); }
+  var y = dotWords(a, lane);
+  var y2 = 0.0;
+  if (u.epi == 1u) { y2 = dotWords(b, lane); }
+${SG ? `  for (var s = min(${LANES}u, sg) / 2u; s > 0u; s >>= 1u) {
+    y += subgroupShuffleXor(y, s);
+    if (u.epi == 1u) { y2 += subgroupShuffleXor(y2, s); }
+  }
+  if (${LANES}u > sg) {  // rows wider than the subgroup: each subgroup's sum through workgroup memory
+    if (sid == 0u) {
+      red[t / sg] = y;
+      red2[t / sg] = y2;
+    }
+    workgroupBarrier();
+    for (var i = 1u; i < ${LANES}u / sg; i++) {
+      y += red[t / sg + i];
+      y2 += red2[t / sg + i];
+    }
+  }` : `  red[t] = y;
+  red2[t] = y2;
   for (var s = ${LANES / 2}u; s > 0u; s >>= 1u) {
     workgroupBarrier();
     if (lane < s) {
@@ -139,9 +158,10 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
       if (u.epi == 1u) { red2[t] += red2[t + s]; }
     }
   }
+  y = red[t];
+  y2 = red2[t];`}
   if (lane != 0u || g >= rows) { return; }
-  var y = red[t];
-  if (u.epi == 1u) { y = gelu(y) * red2[t]; }
+  if (u.epi == 1u) { y = gelu(y) * y2; }
   if (u.epi == 2u) { y = gelu(y) * ld(u.aux + row); }
   if (u.epi == 3u) { y += ld(out); }
   if (u.cap > 0.0) { y = u.cap * tanh_(y / u.cap); }

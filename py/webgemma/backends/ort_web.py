@@ -179,11 +179,12 @@ class OrtWebBackend:
 
     async def step_session(self, model: bytes, external_data: Mapping[str, CachedFile | bytes], manifest,
                            context: int, laps: Laps | None = None, kernels: bool = False,
-                           lanes: int | None = None) -> WebStepSession:
+                           kernel_options: dict | None = None) -> WebStepSession:
         """The step graph under graph capture (WebGPU only), fed the weights the prefill session uses (one GPU copy),
         its caches fixed buffers for `context` tokens (fewer where the adapter cannot bind a cache that large).
         kernels: the same step as hand-written kernels instead (webgemma.kernel_plan; KernelPlanError where the
-        export is not one they read; `lanes` see kernel_plan)."""
+        export is not one they read), kernel_plan's options `kernel_options` (lanes, subgroups; subgroups
+        by default where the device's are usable)."""
         if self.weights is None:
             raise ValueError("a step session needs the WebGPU EP and a backend created with shared_weights")
         io = manifest.decoder
@@ -195,7 +196,8 @@ class OrtWebBackend:
         graph, weights = weights_as_inputs(model)
         if kernels:
             buffer = min(limit, (self.adapter or {}).get("max_buffer_size", limit))
-            plan = kernel_plan(manifest, weights, float_initializers(model), context, lanes, table_buffer_bytes=buffer)
+            options = {"subgroups": await browser.subgroups_usable(self._ort)} | (kernel_options or {})
+            plan = kernel_plan(manifest, weights, float_initializers(model), context, table_buffer_bytes=buffer, **options)
             await self.weights.upload(dict(external_data), weights)  # the prefill graph's: nothing new to upload
             lap("step_graph_edit")
             step = await browser.kernel_step(self._ort, self.weights, weights, plan)
