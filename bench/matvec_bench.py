@@ -1,8 +1,8 @@
 """The decode step's own int4 matvec kernel (web/page/wgsl.mjs MATVEC), alone, at E2B's and E4B's shapes, in every
-variant it has: lanes per row, sums through workgroup memory or by subgroups (SG). Each
-variant is timed by GPU timestamps over a chain of dependent dispatches in one compute pass (as in the step: every
-matvec reads and writes the one activation buffer), the weights cycled over copies past the L2 cache, and its
-first and last rows are checked against the same product computed here.
+variant it has: lanes per row, sums through workgroup memory or by subgroups (SG). Each variant is timed by GPU
+timestamps over a chain of dependent dispatches in one compute pass (as in the step: every matvec reads and writes
+the one activation buffer), the weights cycled over copies past the L2 cache, and its first and last rows are
+checked against the same product computed here.
 
     python bench/matvec_bench.py [--gpu] [--quick] [--results out.json]
 
@@ -41,7 +41,7 @@ QUICK_SHAPES = [("qkv", 256, (64, 32, 32), EPI_STORE), ("gate_up", 256, (96, 96)
                 ("down", 1024, (64,), EPI_STORE)]
 PATTERN_WORDS = 1 << 20  # the weight words, repeated over every weight buffer
 PATTERN_SCALES = 1 << 16
-MAX_PER = 16
+MAX_PER = 16  # lanes that would read more weight words than this each are not tried
 
 JS = """
 import { KERNELS } from "./wgsl.mjs";
@@ -206,7 +206,9 @@ def want(shape: dict) -> np.ndarray:
     return np.concatenate([expected(k, n, [0, n - 1]) for n in rows])
 
 
-def run(a) -> dict:
+def run(a, open_page=None) -> dict:
+    """The variants' results, checked. open_page(url, timeout): window.result of the page at url (default: a
+    Chromium of its own, see browser_kernel_bench)."""
     from bench.browser_kernel_bench import run_gpu, run_local
     from webgemma_site.serve import make_server
 
@@ -222,7 +224,8 @@ def run(a) -> dict:
     server = make_server(site, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        result = (run_gpu if a.gpu else run_local)(f"http://127.0.0.1:{server.server_address[1]}/index.html", a.timeout)
+        result = (open_page or (run_gpu if a.gpu else run_local))(f"http://127.0.0.1:{server.server_address[1]}/index.html",
+                                                                 a.timeout)
     finally:
         server.shutdown()
         shutil.rmtree(site)

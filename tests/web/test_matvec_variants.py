@@ -11,8 +11,17 @@ from bench.matvec_bench import run
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def test_every_matvec_variant_computes_the_product():
-    result = run(Namespace(gpu=False, quick=True, timeout=300))
+def test_every_matvec_variant_computes_the_product(chromium):
+    def open_page(url: str, timeout: float) -> dict:
+        page = chromium.new_page()
+        try:
+            page.goto(url)
+            page.wait_for_function("window.result", timeout=timeout * 1000)
+            return page.evaluate("window.result")
+        finally:
+            page.close()
+
+    result = run(Namespace(gpu=False, quick=True, timeout=300), open_page)
     assert "subgroups" in result["adapter"]["features"]  # else only half the variants ran
     variants = [v for shape in result["shapes"] for v in shape["variants"]]
     assert {v["SG"] for v in variants} == {0, 1} and len({v["LANES"] for v in variants}) >= 3
