@@ -106,7 +106,11 @@ class KernelPlan:
     tail: int = 0
     seen: tuple[int, int] = (0, 0)  # the repetition penalty's bitset of seen token ids: (word offset, words)
     table: tuple[int, int] = (0, 0)  # the per-layer table on the GPU: (rows per buffer, buffers)
-    subgroups: bool = False  # the matvecs add by subgroup shuffles
+
+    @property
+    def subgroups(self) -> bool:
+        """Whether the matvecs add by subgroup shuffles."""
+        return any(d.constants.get("SG") for d in self.dispatches)
 
     def pack(self, feeds: dict[str, np.ndarray]) -> bytes:
         """The per-step input block from the step feeds (webgemma.static_cache): every feed at its offset; for each
@@ -407,8 +411,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
            manifest.table["scales_dtype"] == "float16")
     return KernelPlan(act.size, (constants_at, np.concatenate(constants).tobytes()),
                       {name: 4 * math.prod(dims_) for name, dims_ in caches.items()}, plan, inputs, block,
-                      (output, 2 * k + 2), rows, k, row, row_feeds, tail, (seen, -(-vocab // 32)), table,
-                      subgroups)
+                      (output, 2 * k + 2), rows, k, row, row_feeds, tail, (seen, -(-vocab // 32)), table)
 
 
 def _gather(plan: list[Dispatch], table: dict, inputs: dict, names: dict, buffer_bytes: int) -> tuple[int, int]:

@@ -13,8 +13,8 @@ The prompt is prefilled by the ordinary graph; its caches are then copied into t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np

@@ -196,7 +196,9 @@ class OrtWebBackend:
         graph, weights = weights_as_inputs(model)
         if kernels:
             buffer = min(limit, (self.adapter or {}).get("max_buffer_size", limit))
-            options = {"subgroups": await browser.subgroups_usable(self._ort)} | (kernel_options or {})
+            options = dict(kernel_options or {})
+            if "subgroups" not in options:
+                options["subgroups"] = await browser.subgroups_usable(self._ort)
             plan = kernel_plan(manifest, weights, float_initializers(model), context, table_buffer_bytes=buffer, **options)
             await self.weights.upload(dict(external_data), weights)  # the prefill graph's: nothing new to upload
             lap("step_graph_edit")
