@@ -11,6 +11,8 @@ Layout of `out_dir` (any static host serves it; `webgemma serve` adds COOP/COEP 
     pyscript.json                                                             PyScript config (local interpreter)
     site.json                                                                 what main.py reads: model URL, paths
     pyodide/  vendor/pyscript/  vendor/ort/                                   see vendor.py
+    vendor/ort/start.onnx                                                     a one-node model: the page starts
+                                                                              onnxruntime-web with it while booting
     model/                                                                    the model folder, unless model_url
 """
 
@@ -19,6 +21,8 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+
+from webgemma.onnx_bytes import identity_model
 
 from . import vendor
 
@@ -29,6 +33,7 @@ PAGE_FILES = ("index.html", "style.css", "boot.mjs", "main.py", "ort_bridge.mjs"
 WIDGET = Path(__file__).resolve().parent / "widget"
 WIDGET_FILES = ("widget.mjs", "widget.css")
 MODEL_DIR = "model"
+ORT_START = "start.onnx"  # ort_bridge.mjs startOrt
 
 
 def build_site(model_dir: str | Path | None, out_dir: str | Path, pyodide: str = "local", model_url: str | None = None,
@@ -48,6 +53,7 @@ def build_site(model_dir: str | Path | None, out_dir: str | Path, pyodide: str =
         shutil.copytree(model_dir, out / MODEL_DIR, ignore=shutil.ignore_patterns(".*", "__pycache__"))
         model_url = f"{MODEL_DIR}/"
     runtime = vendor.vendor_runtime(out, pyodide=pyodide, node_modules=node_modules, numpy_source=numpy_source)
+    (out / vendor.ORT_DIR / ORT_START).write_bytes(identity_model())
     for name in PAGE_FILES:
         shutil.copyfile(PAGE / name, out / name)
     for name in WIDGET_FILES:
@@ -86,7 +92,7 @@ def check_site(site_dir: str | Path) -> None:
             wheel = site / vendor.PYODIDE_DIR / package["file_name"]
             if not wheel.is_file() or hashlib.sha256(wheel.read_bytes()).hexdigest() != package["sha256"]:
                 problems.append(f"{vendor.PYODIDE_DIR}/{package['file_name']} is missing or fails its sha256")
-    for files in vendor.ORT_BUNDLES.values():
+    for files in [*vendor.ORT_BUNDLES.values(), [ORT_START]]:
         problems += [f"missing {vendor.ORT_DIR}/{f}" for f in files if not (site / vendor.ORT_DIR / f).is_file()]
     model = site / MODEL_DIR
     if config.get("model_url") == f"{MODEL_DIR}/":

@@ -256,11 +256,6 @@ def cross_origin_isolated() -> bool:
     return bool(getattr(js, "crossOriginIsolated", False))
 
 
-def hardware_concurrency() -> int:
-    _need_browser()
-    return int(js.navigator.hardwareConcurrency or 1)
-
-
 async def webgpu_adapter() -> dict | None:
     """What `navigator.gpu.requestAdapter()` gives, as a dict, or None where there is no WebGPU adapter."""
     _need_browser()
@@ -305,6 +300,11 @@ def expose_selftest(namespace: dict) -> None:
         return json.dumps(await eval_code_async(str(code), globals=namespace))
 
     js.window.webgemmaExec = create_proxy(run)
+
+
+def page_time_ms() -> float:
+    """Milliseconds since the page's navigation started (performance.now())."""
+    return float(js.performance.now())
 
 
 def get_global(name: str) -> Any:
@@ -510,12 +510,13 @@ class JsSession:
             self._s = None
 
 
-async def ort_load(bundle_url: str, wasm_url: str, num_threads: int) -> Any:
-    """The onnxruntime-web module at `bundle_url`, its wasm files under `wasm_url` (both site files, resolved
-    absolute with `asset_url`)."""
+async def ort_load(bundle: str, ort_url: str, num_threads: int | None = None) -> Any:
+    """The onnxruntime-web module of `bundle` ("webgpu" or "wasm"), its files under `ort_url` (a site folder, resolved
+    absolute with `asset_url`); wasm threads `num_threads`, by default ort_bridge.mjs defaultThreads. The page may
+    have started it already while booting (ort_bridge.mjs startOrt)."""
     _need_browser()
     bridge = await _import(ORT_BRIDGE)
-    return await bridge.loadOrt(asset_url(bundle_url), asset_url(wasm_url), num_threads)
+    return await bridge.loadOrt(bundle, asset_url(ort_url), num_threads)
 
 
 async def ort_session(ort: Any, model: bytes, external_data: dict[str, CachedFile | bytes], options: dict,

@@ -4,6 +4,8 @@
 WebGPU backend uploads each weight once and feeds the same GPU buffer to both of its sessions (the prefill graph
 and the graph-captured step graph); onnxruntime-web would otherwise hold a copy per session.
 
+`identity_model` is the smallest model a session can be created for.
+
 `float_initializers` reads the small float32 tensors kept inside the graph (norm weights, layer scalars), which the
 hand-written decode step (webgemma.kernel_plan) needs as plain numbers.
 
@@ -61,10 +63,20 @@ def weights_as_inputs(model: bytes) -> tuple[bytes, list[ExternalWeight]]:
             kept.append(bytes(span))
         else:
             weights.append(weight)
-            kept.append(_message(11, _input_info(weight)))
+            kept.append(_message(11, _value_info(weight.name, weight.dtype, weight.dims)))
     new_graph = b"".join(kept)
     out = [bytes(span) if f != 7 else _message(7, new_graph) for f, span, _ in _fields(buf)]
     return b"".join(out), weights
+
+
+def identity_model() -> bytes:
+    """A model of one Identity node over a float32 [1]: onnxruntime-web starts its runtime only for a session
+    (ort_bridge.mjs startOrt). ModelProto: ir_version 1, opset_import 8 (version 2), graph 7; GraphProto: node 1
+    (NodeProto: input 1, output 2, op_type 4), name 2."""
+    node = _message(1, b"x") + _message(2, b"y") + _message(4, b"Identity")
+    graph = (_message(1, node) + _message(2, b"identity") + _message(11, _value_info("x", 1, (1,)))
+             + _message(12, _value_info("y", 1, (1,))))
+    return _key(1, 0) + _varint_bytes(8) + _message(8, _key(2, 0) + _varint_bytes(17)) + _message(7, graph)
 
 
 def float_initializers(model: bytes) -> dict[str, np.ndarray]:
@@ -131,10 +143,10 @@ def _external_weight(payload: memoryview) -> ExternalWeight | None:
 _ITEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8}
 
 
-def _input_info(w: ExternalWeight) -> bytes:
-    shape = b"".join(_message(1, _key(1, 0) + _varint_bytes(d)) for d in w.dims)
-    tensor_type = _key(1, 0) + _varint_bytes(w.dtype) + _message(2, shape)
-    return _message(1, w.name.encode()) + _message(2, _message(1, tensor_type))
+def _value_info(name: str, dtype: int, dims: tuple[int, ...]) -> bytes:
+    shape = b"".join(_message(1, _key(1, 0) + _varint_bytes(d)) for d in dims)
+    tensor_type = _key(1, 0) + _varint_bytes(dtype) + _message(2, shape)
+    return _message(1, name.encode()) + _message(2, _message(1, tensor_type))
 
 
 def _fields(buf: memoryview) -> Iterator[tuple[int, memoryview, memoryview]]:

@@ -14,7 +14,7 @@ from onnx import external_data_helper, helper
 from tests.support.checkpoints import make_checkpoint
 from tests.support.reference import greedy_with_logits, open_engine
 from webgemma.backends.ort_native import NativeBackend
-from webgemma.onnx_bytes import graph_output_names, weights_as_inputs
+from webgemma.onnx_bytes import graph_output_names, identity_model, weights_as_inputs
 from webgemma_export.export import export
 
 
@@ -72,3 +72,14 @@ def test_graph_fed_its_weights_computes_the_same(model_dir):
     fed_tokens, fed_logits = greedy_with_logits(fed, prompt, 6)
     assert fed_tokens == tokens
     np.testing.assert_allclose(np.stack(fed_logits), np.stack(logits), rtol=1e-4, atol=1e-4)
+
+
+def test_identity_model_is_a_valid_model_that_returns_its_input():
+    """The model the page starts onnxruntime-web with (ort_bridge.mjs startOrt): the onnx checker accepts it and
+    onnxruntime runs it."""
+    import onnxruntime as ort
+
+    model = identity_model()
+    onnx.checker.check_model(onnx.load_from_string(model), full_check=True)
+    x = np.array([2.5], np.float32)
+    np.testing.assert_array_equal(ort.InferenceSession(model).run(["y"], {"x": x})[0], x)

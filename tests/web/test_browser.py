@@ -173,7 +173,7 @@ def test_numpy_js_conversions_round_trip(checked_page):
     result = checked_page.py("""
 import numpy as np
 from webgemma import browser
-ort = await browser.ort_load("vendor/ort/ort.webgpu.min.mjs", "vendor/ort/", 1)
+ort = await browser.ort_load("webgpu", "vendor/ort/", 1)
 out = {}
 for dtype in ["float32", "float16", "int64", "int32", "int8", "uint8", "bool"]:
     a = (np.arange(-6, 6).reshape(3, 4) * 1.5).astype(dtype)
@@ -316,4 +316,4 @@ def test_plain_static_host_without_webgpu_runs_on_wasm(plain_site, model_folder,
     notice = pp.page.locator("#notice")
     assert notice.is_visible() and "wasm" in notice.text_content()
     np.testing.assert_allclose(np.array(result["logits"][-1]), ref_logits[-1], rtol=1e-5, atol=1e-5)
-    assert pp.py("from webgemma.backends.ort_web import default_threads; default_threads()") == 1
+    assert pp.page.evaluate("import('/ort_bridge.mjs').then((m) => m.defaultThreads())") == 1

@@ -81,6 +81,8 @@ def test_page_generates_the_cli_tokens(sites, offline_context, quant, backend):
     assert result["backend"] == backend
     assert (result["prompt_ids"], result["output_ids"], result["text"]) == (expected["prompt_ids"], expected["output_ids"], expected["text"])
     assert result["tokens_per_s"] > 0 and result["ttft_ms"] > 0 and result["prefill_tokens_per_s"] > 0
+    # onnxruntime-web's WebGPU runtime was started while Python booted (boot.mjs)
+    assert (result["ort_start_ms"] is not None) == (backend == "webgpu"), result["ort_start_ms"]
     # by default the tokens after the first come from the step session (webgemma.static_cache)
     assert result["graph_capture"] == capture
     if capture:

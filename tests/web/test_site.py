@@ -45,7 +45,7 @@ def test_site_layout_and_config(built):
     for f in ("index.html", "main.py", "ort_bridge.mjs", "store_bridge.mjs", "pyodide/pyodide.asm.wasm",
               "vendor/pyscript/core.js", "vendor/ort/ort.webgpu.min.mjs",
               "vendor/ort/ort-wasm-simd-threaded.asyncify.wasm", "vendor/ort/ort.wasm.min.mjs",
-              "vendor/ort/ort-wasm-simd-threaded.wasm"):
+              "vendor/ort/ort-wasm-simd-threaded.wasm", "vendor/ort/start.onnx"):
         assert (built / f).is_file(), f
     assert not list(built.rglob("*.map")) and not (built / "vendor/ort/ort.all.min.mjs").exists()
 

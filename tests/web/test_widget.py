@@ -92,12 +92,8 @@ def plain_site(model, tmp_path_factory, serve_dir):
     text = (REPO / "models" / "heldout.txt").read_text()
     (src / "long.html").write_text(LONG_PAGE.replace("TEXT", json.dumps(text).replace("</", "<\\/")))
     (src / "missing.html").write_text(MISSING_MODEL_PAGE)
-    # a copy of the site that lost pyodide.asm.wasm (the widget, its config and the rest of Pyodide's core)
-    broken = src / "broken"
-    for name in (*WIDGET_FILES, "pyscript.json", "site.json", "pyodide/pyodide.mjs", "pyodide/pyodide.asm.js",
-                 "pyodide/python_stdlib.zip", "pyodide/pyodide-lock.json"):
-        (broken / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src / "webgemma" / name, broken / name)
+    # a copy of the site that lost pyodide.asm.wasm
+    shutil.copytree(src / "webgemma", src / "broken", ignore=shutil.ignore_patterns("pyodide.asm.wasm"))
     (src / "broken.html").write_text(MISSING_MODEL_PAGE.replace("webgemma/widget.mjs", "broken/widget.mjs"))
     return serve_dir(src)
 

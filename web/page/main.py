@@ -21,9 +21,10 @@ think_ms=N (wait N ms after loading before the prompt, as a reader typing it wou
 table's copies in OPFS ready before the prompt; `copies` says where rows were read), wait_table=1 (the kernels' per-layer
 table on the GPU before the prompt, so that their steps chain; `table` says where it is), chain=N (N kernel steps, at
 most 4, queued at once, each sampling the next one's token on the GPU; 0: one at a time, sampled in Python), gpu_table=0 (the
-kernels read each step's per-layer row from storage, never from the GPU). With
-autorun the page generates once and sets
-window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, ...}
+kernels read each step's per-layer row from storage, never from the GPU), ort_start=0 (onnxruntime-web starts when
+the model loads, not while Python boots: boot.mjs). With autorun the page generates once and sets
+window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, load_ms (from
+Python's start), ready_ms (from the navigation), ort_start_ms ([start, end] of onnxruntime-web's start while booting), ...}
 (or {error} when it cannot).
 """
 
@@ -164,7 +165,7 @@ def synthetic_prompt(model, length: int, variant: int = 0) -> list[int]:
     return [model.tokenizer.token_to_id("<bos>")] + [first + (i * 7919 + variant * 104729) % span for i in range(length - 1)]
 
 
-async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) -> None:
+async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str, ready_ms: float) -> None:
     await asyncio.sleep(int(params.get("think_ms", 0)) / 1000)
     store = page.model.engine.rows.store
     if params.get("wait_copies") == "1" and store.copying:
@@ -212,6 +213,7 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str) ->
         "kernel_profile_ms": profile, "copies": store.copies, "chained": s["chained"],
         "table": static.session.table if static else None, "table_wait_ms": table_wait_ms, **then,
         "kernel_subgroups": bool(static and static.session.plan and static.session.plan.subgroups),
+        "ready_ms": ready_ms, "ort_start_ms": browser.get_global("webgemmaOrtStart"),
     })
 
 
@@ -237,6 +239,7 @@ async def start(site: dict, env: dict, params: dict) -> None:
                         if "kernel_" + name in params},
         table_on_gpu=params.get("gpu_table") != "0")
     load_ms = (time.perf_counter() - t0) * 1000
+    ready_ms = browser.page_time_ms()
     if "prefill_limit" in params:
         backend.causal_prefill_limit = int(params["prefill_limit"]) or None
     download.set(hidden=True)
@@ -252,7 +255,7 @@ async def start(site: dict, env: dict, params: dict) -> None:
     status(f"ready: {model.manifest.raw['source']['checkpoint']} ({quant}) on {backend.name}, loaded in {load_ms / 1000:.1f} s")
     page.enable(True)
     if params.get("autorun") == "1":
-        await autorun(page, params, report.phases_ms | {"total": load_ms}, report.step)
+        await autorun(page, params, report.phases_ms | {"total": load_ms}, report.step, ready_ms)
 
 
 async def main() -> None:

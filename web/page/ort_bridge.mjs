@@ -12,19 +12,43 @@ for (const k of ["log", "info", "warn", "error", "debug"]) {
   };
 }
 
+// wasm threads: onnxruntime's own default where the page is crossOriginIsolated, else 1 (no SharedArrayBuffer)
+export const defaultThreads = () => crossOriginIsolated ? Math.min(4, Math.ceil(navigator.hardwareConcurrency / 2)) : 1;
+
+const BUNDLES = { webgpu: "ort.webgpu.min.mjs", wasm: "ort.wasm.min.mjs" };
 const bundles = new Map();
 
-// One module instance per bundle URL; its env is set before its first session (wasm is initialised then).
-export function loadOrt(bundleUrl, wasmBaseUrl, numThreads) {
-  if (!bundles.has(bundleUrl)) {
-    bundles.set(bundleUrl, import(bundleUrl).then((ort) => {
-      ort.env.wasm.wasmPaths = wasmBaseUrl;
+// One module instance per bundle ("webgpu" or "wasm", files under ortUrl); its env is set before its first session
+// (wasm is initialised then). A bundle already loaded (startOrt) keeps the threads it was loaded with.
+export function loadOrt(bundle, ortUrl, numThreads = defaultThreads()) {
+  const url = ortUrl + BUNDLES[bundle];
+  if (!bundles.has(url)) {
+    bundles.set(url, import(url).then((ort) => {
+      ort.env.wasm.wasmPaths = ortUrl;
       ort.env.wasm.numThreads = numThreads;
       ort.env.wasm.proxy = false;
       return ort;
     }));
   }
-  return bundles.get(bundleUrl);
+  return bundles.get(url);
+}
+
+// Starts onnxruntime-web's WebGPU runtime (its wasm compiled and initialised) while the page's Python boots, so the
+// model's first session costs what a later one does (~1 s less). Creating a session is the only way to start it:
+// one over `start.onnx`, a one-node graph the site builder writes. Without WebGPU it does nothing; a failure here
+// is left for the model's own session to report.
+export function startOrt(ortUrl) {
+  const url = ortUrl + BUNDLES.webgpu;
+  if (bundles.has(url) || !navigator.gpu) return;
+  const ort = loadOrt("webgpu", ortUrl);
+  const t0 = performance.now();
+  bundles.set(url, (async () => {
+    const model = new Uint8Array(await (await fetch(ortUrl + "start.onnx")).arrayBuffer());
+    const session = await (await ort).InferenceSession.create(model, { executionProviders: ["webgpu"] });
+    await session.release();
+    globalThis.webgemmaOrtStart = [t0, performance.now()];  // for benchmarks: when it ran, ms since navigation
+    return ort;
+  })().catch(() => ort));
 }
 
 // Creates a session; with verbose, ORT's console output during creation comes back as `log` (node placement).

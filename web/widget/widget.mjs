@@ -36,6 +36,8 @@ async function boot(step) {
   try {
     return await Promise.race([failure.promise, (async () => {
       step("Loading Python…");
+      // onnxruntime-web starts meanwhile (ort_bridge.mjs startOrt): the model's first session is then ~1 s shorter
+      import(`${BASE}ort_bridge.mjs`).then((bridge) => bridge.startOrt(`${BASE}vendor/ort/`)).catch(() => {});
       // the site's runtime config (build.py): Pyodide's URL (vendored, or a CDN) and the packages to install
       const response = await fetch(`${BASE}pyscript.json`);
       if (!response.ok) throw new Error(`${BASE}pyscript.json: HTTP ${response.status}`);

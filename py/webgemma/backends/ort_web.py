@@ -11,7 +11,6 @@ a copy per session.
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from ..onnx_bytes import ExternalWeight, float_initializers, graph_output_names,
 from ..static_cache import step_caches
 
 ORT_URL = "vendor/ort/"  # relative to the page; the site builder puts onnxruntime-web there
-BUNDLES = {"webgpu": "ort.webgpu.min.mjs", "wasm": "ort.wasm.min.mjs"}
 WASM_NOTICE = "WebGPU is not available in this browser: running on the CPU (wasm), which is much slower."
 
 
@@ -89,13 +87,6 @@ def causal_prefill_limit(adapter: dict | None) -> int | None:
     return 31
 
 
-def default_threads() -> int:
-    """wasm threads: ORT's own default when the page is crossOriginIsolated, else 1 (no SharedArrayBuffer)."""
-    if not browser.cross_origin_isolated():
-        return 1
-    return min(4, math.ceil(browser.hardware_concurrency() / 2))
-
-
 class OrtWebBackend:
     """`Backend` over an onnxruntime-web InferenceSession (see webgemma.backends.Backend)."""
 
@@ -136,6 +127,7 @@ class OrtWebBackend:
         graph_optimization: "disabled" | "basic" | "extended" | "layout" | "all" (the exporter writes fused graphs).
         disabled_optimizers: ORT optimizers switched off by name, e.g. ["ConstantFolding"] keeps a shared weight single.
         verbose_log: record ORT's verbose log during creation (`creation_log`, `placement`).
+        num_threads: wasm threads (default: ort_bridge.mjs defaultThreads).
         shared_weights: on WebGPU, upload the weights ourselves, for a step session to share (`step_session`).
         laps: where the time goes (runtime, graph_edit, session, buffers), for a load report.
         """
@@ -143,7 +135,7 @@ class OrtWebBackend:
         name, notice, adapter = await pick_ep(ep)
         if notice:
             browser.show_notice(notice)
-        ort = await browser.ort_load(ort_url + BUNDLES[name], ort_url, num_threads or default_threads())
+        ort = await browser.ort_load(name, ort_url, num_threads)
         lap("runtime")
         outputs = graph_output_names(model)
         missing = sorted(set(host_outputs) - set(outputs))
