@@ -1,12 +1,12 @@
 """The decode step as hand-written WebGPU kernels (web/page/wgsl.mjs), planned here, run by kernel_step.mjs.
 
 The same maths as the exporter's step graph (exporter/graph/decoder.py), over the same uploaded weights and fixed
-caches (webgemma.static_cache), in 12 dispatches per layer instead of ~30 onnxruntime nodes:
+caches (webgemma.static_cache), in 11 dispatches per layer instead of ~30 onnxruntime nodes:
 
     norm     h' = (h + post_per_layer_input_norm(z)) * layer_scalar of the layer before; x = input_layernorm(h')
     qkv      q, k, v projections of x
-    heads    q_norm / k_norm / v_norm per head, RoPE on q and k
-    attend   per chunk of 64 cache slots: q·K + mask, their softmax's max and sum, the weighted sum of V
+    attend   q_norm / k_norm / v_norm per head, RoPE on q and k; per chunk of 64 cache slots: q·K + mask, their
+             softmax's max and sum, the weighted sum of V
     merge    the chunks and the token's own key and value row
     o_proj
     norm     h' = h + post_attention_layernorm(o); x = pre_feedforward_layernorm(h')
@@ -17,8 +17,8 @@ caches (webgemma.static_cache), in 12 dispatches per layer instead of ~30 onnxru
     ple_proj z = per_layer_projection(...)
 
 then the final norm, the tied lm_head by column chunk (softcap on the last), top-k in stages of 1,024 and the
-next token sampled from the top-k (used when steps chain; see webgemma.engine). The heads kernel writes the token's
-key and value rows straight into their cache slots (unless a stop token was sampled: `live`). Once the per-layer
+next token sampled from the top-k (used when steps chain; see webgemma.engine). The attention kernel writes the
+token's key and value rows straight into their cache slots (unless a stop token was sampled: `live`). Once the per-layer
 table is on the GPU, `gather` dispatches first copy the token's row from it.
 
 Every vector lives in one buffer of 32-bit words (`act`) at offsets fixed here; the per-step inputs (token id,
@@ -58,9 +58,8 @@ UNIFORMS = {
     "norm": ["hidden", "res", "branch", "w_branch", "scalar", "w_in", "h_out", "eps", "out"],
     "embed": ["token", "nb", "out", "scale"],
     "per_layer": ["proj", "dim", "w", "rows", "scales", "out", "eps", "proj_scale"],
-    "heads": ["q", "heads", "d", "wq", "k_src", "k_dst", "wk", "v_src", "v_dst", "kv", "cos", "sin", "eps", "slots",
-              "slot", "live"],
-    "attend_part": ["q", "heads", "kv", "slots", "used", "mask", "parts", "stats"],
+    "attend": ["q", "qn", "heads", "kv", "wq", "k_src", "k_dst", "wk", "v_src", "v_dst", "cos", "sin", "eps",
+               "slots", "slot", "live", "used", "mask", "parts", "stats"],
     "attend_merge": ["q", "heads", "kv", "used", "parts", "stats", "chunks", "knew", "vnew", "out"],
     "top_k": ["vals", "ids", "n", "row", "k", "out_vals", "out_ids"],
     "sample": ["out", "k", "token", "live", "seen", "params", "stops"],
@@ -80,8 +79,9 @@ class Dispatch:
     bindings: list[str]  # bindings 1.. : "act", "none", "w:<weight input>", "cache:<cache input>"
     uniform: bytes
     grid: tuple[int, int, int]
-    constants: dict = field(default_factory=dict)  # what its WGSL is specialized for (matvec: LANES, PER; attention: D)
-    label: str = ""  # what it computes, for profiles (qkv, heads, attend_part, o_proj, gate_up, ...)
+    constants: dict = field(default_factory=dict)  # what its WGSL is specialized for (matvec: LANES, PER; attention: D;
+    # SG: sums by subgroups)
+    label: str = ""  # what it computes, for profiles (qkv, attend, o_proj, gate_up, ...)
 
 
 @dataclass
@@ -109,7 +109,7 @@ class KernelPlan:
 
     @property
     def subgroups(self) -> bool:
-        """Whether the matvecs add by subgroup shuffles."""
+        """Whether the kernels add by subgroup operations."""
         return any(d.constants.get("SG") for d in self.dispatches)
 
     def pack(self, feeds: dict[str, np.ndarray]) -> bytes:
@@ -214,7 +214,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     lanes per row (8 to 256, a power of two; tests), instead of the choice by size. table_buffer_bytes: the largest
     buffer the per-layer table may take on the GPU (the device's storage binding limit). subgroups: the device
     has subgroups of consecutive invocations (kernel_step.mjs subgroupsUsable): the matvecs add their lanes' sums
-    by shuffles."""
+    by shuffles, the norms, the attention, its merge and the per-layer inputs reduce by subgroup operations."""
     if lanes not in (None, *LANES):
         raise ValueError(f"lanes must be one of {LANES}, not {lanes}")
     arch, io = manifest.arch, manifest.decoder
@@ -275,12 +275,13 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     seen = act.take(-(-vocab // 32))
     h = [act.take(hidden), act.take(hidden)]  # the residual stream, ping-pong (a norm reads one, writes the other)
     d_max = max(dims.values())
-    x, q, attn, o, y, z = (act.take(n) for n in (hidden, heads * d_max, heads * d_max, hidden, hidden, hidden))
+    x, q, qn, attn, o, y, z = (act.take(n) for n in (hidden, *[heads * d_max] * 3, hidden, hidden, hidden))
     k_raw, v_raw = act.take(max(kvs.values()) * d_max), act.take(max(kvs.values()) * d_max)
     inner = act.take(max(p[2] for i in range(layers) for p in w.parts(f"layers.{i}.mlp.gate_proj.weight", "part")))
     gate = act.take(per_layer)
     proj, ple = act.take(layers * per_layer), act.take(layers * per_layer)
-    chunks_max = -(-max(slots.values()) // ATTEND_CHUNK)
+    # attention's grid: chunks of the cache, and at least one workgroup for each new key and value head
+    chunks_max = max(-(-max(slots.values()) // ATTEND_CHUNK), 2 * max(kvs.values()))
     parts, stats = act.take(heads * chunks_max * d_max), act.take(heads * chunks_max * 2)
     logits = act.take(vocab)
     rows: dict[str, int] = {}
@@ -289,7 +290,8 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         rows[c["present_value"]] = act.take(c["num_key_value_heads"] * c["head_dim"])
 
     plan: list[Dispatch] = []
-    norm_per = {"PER": -(-hidden // 256)}  # the norm's values a lane holds
+    sg = {"SG": int(subgroups)}  # the reductions over a workgroup by subgroup operations (wgsl.mjs reduction)
+    norm_per = {"PER": -(-hidden // 256)} | sg  # the norm's values a lane holds
 
     def matvec(label: str, sources, k_in: int, outs: list[int], *, norm: dict | None = None, in_off: int = 0,
                epi: int = EPI_STORE, aux: int = 0, cap_: float = 0.0) -> None:
@@ -340,7 +342,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     plan.append(Dispatch("per_layer", ["act"], _uniform(
         "per_layer", proj=proj, dim=per_layer, w=param("per_layer_projection_norm.weight"),
         rows=inputs[names["per_layer_rows"]], scales=inputs[names["per_layer_scales"]], out=ple, eps=eps,
-        proj_scale=hidden ** -0.5), (layers, 1, 1)))
+        proj_scale=hidden ** -0.5), (layers, 1, 1), sg))
 
     cur = 0  # which h holds the residual stream
     finish = {}  # the previous layer's per-layer residual, applied by the next layer's first norm
@@ -358,22 +360,19 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
             sources, outs = sources + ks + vs, outs + offsets(ks, k_raw) + offsets(vs, v_raw)
         matvec("qkv", sources, hidden, outs, norm=finish | {"res": h[cur], "h_out": h[1 - cur], "w_in": param(pre + "input_layernorm.weight")})
         cur = 1 - cur
-        # a KV-shared layer binds its source's caches too, but writes no rows (writable bindings may not alias)
-        plan.append(Dispatch("heads", ["act", "cache:" + cache["past_key"], "cache:" + cache["past_value"]], _uniform(
-            "heads", q=q, heads=heads, d=d, wq=param(pre + "self_attn.q_norm.weight"), k_src=k_raw,
+        # a KV-shared layer binds its source's caches too, but has no key and value workgroups to write rows
+        # (writable bindings may not alias); a row of the grid past the query heads has them
+        view = {"heads": heads, "kv": kv, "used": inputs["used." + masks[kind]]}
+        chunks = max(-(-slots[kind] // ATTEND_CHUNK), 2 * kv if own else 0)
+        plan.append(Dispatch("attend", ["act", "cache:" + cache["past_key"], "cache:" + cache["past_value"]], _uniform(
+            "attend", **view, q=q, qn=qn, wq=param(pre + "self_attn.q_norm.weight"), k_src=k_raw,
             k_dst=rows[cache["present_key"]], wk=param(pre + "self_attn.k_norm.weight") if own else NONE, v_src=v_raw,
-            v_dst=rows[cache["present_value"]], kv=kv, cos=inputs[io["rope"][kind]["cos"]],
-            sin=inputs[io["rope"][kind]["sin"]], eps=eps, slots=slots[kind], slot=inputs["slot." + masks[kind]],
-            live=inputs["live"]), (heads + (2 * kv if own else 0), 1, 1)))
-        n_slots = slots[kind]
-        view = {"q": q, "heads": heads, "kv": kv, "used": inputs["used." + masks[kind]]}
-        chunks = -(-n_slots // ATTEND_CHUNK)
-        plan.append(Dispatch("attend_part", ["act", "cache:" + cache["past_key"], "cache:" + cache["past_value"]],
-                             _uniform("attend_part", **view, slots=n_slots, mask=inputs[masks[kind]], parts=parts,
-                                      stats=stats), (chunks, heads, 1), {"D": d}))
+            v_dst=rows[cache["present_value"]], cos=inputs[io["rope"][kind]["cos"]], sin=inputs[io["rope"][kind]["sin"]],
+            eps=eps, slots=slots[kind], slot=inputs["slot." + masks[kind]], live=inputs["live"], mask=inputs[masks[kind]],
+            parts=parts, stats=stats), (chunks, heads + int(own), 1), {"D": d} | sg))
         plan.append(Dispatch("attend_merge", ["act"], _uniform(
-            "attend_merge", **view, parts=parts, stats=stats, chunks=chunks, knew=rows[cache["present_key"]],
-            vnew=rows[cache["present_value"]], out=attn), (heads, 1, 1), {"D": d}))
+            "attend_merge", **view, q=qn, parts=parts, stats=stats, chunks=chunks, knew=rows[cache["present_key"]],
+            vnew=rows[cache["present_value"]], out=attn), (heads, 1, 1), {"D": d} | sg))
         src = w.parts(pre + "self_attn.o_proj.weight", "part")
         matvec("o_proj", src, heads * d, offsets(src, o), in_off=attn)
         gate_up = w.parts(pre + "mlp.gate_proj.weight", "part") + w.parts(pre + "mlp.up_proj.weight", "part")

@@ -18,8 +18,8 @@ from webgemma.onnx_bytes import float_initializers, weights_as_inputs
 from webgemma_export.export import export
 
 WGSL = Path(__file__).parents[2] / "web" / "page" / "wgsl.mjs"
-KERNEL_CONSTS = {"matvec": "MATVEC", "norm": "NORM", "embed": "EMBED", "per_layer": "PER_LAYER", "heads": "HEADS",
-                 "attend_part": "ATTEND_PART", "attend_merge": "ATTEND_MERGE", "top_k": "TOP_K", "sample": "SAMPLE",
+KERNEL_CONSTS = {"matvec": "MATVEC", "norm": "NORM", "embed": "EMBED", "per_layer": "PER_LAYER",
+                 "attend": "ATTEND", "attend_merge": "ATTEND_MERGE", "top_k": "TOP_K", "sample": "SAMPLE",
                  "gather": "GATHER"}
 
 
@@ -52,7 +52,7 @@ def test_uniforms_are_the_wgsl_structs_field_by_field():
 
 
 @pytest.mark.parametrize("kind", ["e2b", "e4b"])
-def test_the_plan_names_the_step_graphs_weights_and_twelve_dispatches_a_layer(exports, kind):
+def test_the_plan_names_the_step_graphs_weights_and_eleven_dispatches_a_layer(exports, kind):
     manifest, weights, plan = plan_of(exports[kind])
     names = {w.name for w in weights}
     used = {b[2:] for d in plan.dispatches for b in d.bindings if b.startswith("w:")}
@@ -60,16 +60,17 @@ def test_the_plan_names_the_step_graphs_weights_and_twelve_dispatches_a_layer(ex
     layers = manifest.arch["num_hidden_layers"]
     labels = [d.label or d.kernel for d in plan.dispatches]
     first = labels.index("qkv") - 1
-    layer = ["norm", "qkv", "heads", "attend_part", "attend_merge", "o_proj", "norm", "gate_up", "down", "norm",
-             "ple_gate", "ple_proj"]
-    assert labels[first:first + 12 * layers] == layer * layers
-    assert labels[first + 12 * layers:] == ["norm", *["lm_head"] * labels.count("lm_head"), *["top_k"] * labels.count("top_k"),
+    layer = ["norm", "qkv", "attend", "attend_merge", "o_proj", "norm", "gate_up", "down", "norm", "ple_gate", "ple_proj"]
+    assert labels[first:first + 11 * layers] == layer * layers
+    assert labels[first + 11 * layers:] == ["norm", *["lm_head"] * labels.count("lm_head"), *["top_k"] * labels.count("top_k"),
                                             "sample"]
     assert labels[:labels.count("gather")] == ["gather"]  # the tiny table fits one buffer
     caches = {b[6:] for d in plan.dispatches for b in d.bindings if b.startswith("cache:")}
     assert caches == set(plan.caches)
-    written = {b[6:] for d in plan.dispatches if d.kernel == "heads" for b in d.bindings[1:]}
-    assert written == set(plan.caches)  # the heads kernels write every cache's rows
+    # the attention's row of key and value workgroups past the query heads writes every cache's rows
+    heads = manifest.arch["num_attention_heads"]
+    written = {b[6:] for d in plan.dispatches if d.kernel == "attend" and d.grid[1] > heads for b in d.bindings[1:]}
+    assert written == set(plan.caches)
     for d in plan.dispatches:
         assert len(d.uniform) == 4 * len(UNIFORMS[d.kernel]) and all(g >= 1 for g in d.grid)
 
@@ -163,10 +164,13 @@ def test_lanes_set_the_rows_per_workgroup_and_the_words_a_lane_reads(exports, la
 
 
 @pytest.mark.parametrize("subgroups", [False, True])
-def test_the_matvecs_add_by_subgroups_where_the_device_allows(exports, subgroups):
+def test_the_kernels_add_by_subgroups_where_the_device_allows(exports, subgroups):
     _, _, plan = plan_of(exports["e2b"], subgroups=subgroups)
     assert plan.subgroups == subgroups
     assert {d.constants["SG"] for d, _, _ in matvecs(plan)} == {int(subgroups)}
+    reducing = [d for d in plan.dispatches if d.kernel in ("norm", "per_layer", "attend", "attend_merge")]
+    assert {d.kernel for d in reducing} == {"norm", "per_layer", "attend", "attend_merge"}
+    assert {d.constants["SG"] for d in reducing} == {int(subgroups)}
 
 
 def test_lanes_chosen_by_size_read_a_few_words_each_and_spread_small_matvecs():

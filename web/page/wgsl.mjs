@@ -24,35 +24,43 @@ fn ld(i: u32) -> f32 { return bitcast<f32>(act[i / 4u][i % 4u]); }
 fn st(i: u32, v: f32) { act[i / 4u][i % 4u] = bitcast<u32>(v); }
 `;
 
-const common = (act = ACT) => /* wgsl */ `
+// A reduction over a workgroup of 256 lanes (`combine` of two values): a tree in workgroup memory, or (SG, where the
+// device has subgroups of consecutive invocations: kernel_step.mjs subgroupsUsable) each subgroup's by `sgOp`, then
+// their results through workgroup memory. A kernel with SG has SG_ARGS among its main's parameters and starts with
+// SG_INIT.
+const reduction = (name, combine, sgOp, SG) => SG ? /* wgsl */ `fn ${name}(v: f32, t: u32) -> f32 {
+  let s = ${sgOp}(v);
+  if (t % sg_size == 0u) { red[t / sg_size] = s; }
+  workgroupBarrier();
+  var r = red[0];
+  for (var i = 1u; i < 256u / sg_size; i++) { r = ${combine("r", "red[i]")}; }
+  workgroupBarrier();
+  return r;
+}` : /* wgsl */ `fn ${name}(v: f32, t: u32) -> f32 {
+  red[t] = v;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (t < s) { red[t] = ${combine("red[t]", "red[t + s]")}; }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}`;
+
+const common = (act = ACT, SG = 0) => /* wgsl */ `
 const NONE = ${NONE}u;
 ${act}// tanh of a clamped argument: large ones overflow exp inside some tanh implementations
 fn tanh_(x: f32) -> f32 { return tanh(clamp(x, -15.0, 15.0)); }
 fn gelu(x: f32) -> f32 { return 0.5 * x * (1.0 + tanh_(0.7978845608 * (x + 0.044715 * x * x * x))); }
 var<workgroup> red: array<f32, 256>;
-fn reduce_sum(v: f32, t: u32) -> f32 {
-  red[t] = v;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (t < s) { red[t] += red[t + s]; }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
-fn reduce_max(v: f32, t: u32) -> f32 {
-  red[t] = v;
-  workgroupBarrier();
-  for (var s = 128u; s > 0u; s >>= 1u) {
-    if (t < s) { red[t] = max(red[t], red[t + s]); }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
+${SG ? "var<private> sg_size: u32;" : ""}
+${reduction("reduce_sum", (x, y) => `${x} + ${y}`, "subgroupAdd", SG)}
+${reduction("reduce_max", (x, y) => `max(${x}, ${y})`, "subgroupMax", SG)}
 `;
+const enableSG = (SG) => SG ? "enable subgroups;\n" : "";
+const SG_ARGS = (SG) => SG ? ", @builtin(subgroup_size) sg: u32" : "";
+const SG_INIT = (SG) => SG ? "  sg_size = sg;\n" : "";
 
 const range = (n) => Array.from({ length: n }, (_, i) => i);
 
@@ -82,7 +90,7 @@ ${range(PER).map((i) => `  {
 // (the final logit softcap). A row's lanes add their sums through workgroup memory (SG 0) or, where the device has
 // subgroups, by shuffles within the subgroup and workgroup memory only across subgroups (SG 1: a row's lanes are
 // consecutive invocations, which kernel_step.mjs subgroupsUsable checks).
-const MATVEC = ({ LANES, PER, SG = 0 }) => /* wgsl */ `${SG ? "enable subgroups;\n" : ""}
+const MATVEC = ({ LANES, PER, SG = 0 }) => /* wgsl */ `${enableSG(SG)}
 struct U { k: u32, in_off: u32, n0: u32, n1: u32, n2: u32, out0: u32, out1: u32, out2: u32, epi: u32, aux: u32,
            cap: f32, }
 @group(0) @binding(0) var<uniform> u: U;
@@ -174,13 +182,13 @@ ${SG ? `  for (var s = min(${LANES}u, sg) / 2u; s > 0u; s >>= 1u) {
 //   x  = rms_norm(h') * w_in                                  (or h' itself), to out
 // Each lane holds PER values (k = lane + 256 i) and fetches all it reads before any arithmetic, so that the loads'
 // latencies overlap (a loop of loads waits for each in turn: E2B's norms took 1.8 of a step's 4.4 ms GPU).
-const NORM = ({ PER }) => /* wgsl */ `
+const NORM = ({ PER, SG = 0 }) => /* wgsl */ `${enableSG(SG)}
 struct U { hidden: u32, res: u32, branch: u32, w_branch: u32, scalar: u32, w_in: u32, h_out: u32, eps: f32, out: u32, }
 @group(0) @binding(0) var<uniform> u: U;
-${common()}
+${common(ACT, SG)}
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) t: u32) {
-  let n = u.hidden;
+fn main(@builtin(local_invocation_index) t: u32${SG_ARGS(SG)}) {
+${SG_INIT(SG)}  let n = u.hidden;
   let has_branch = u.branch != NONE;
   let has_w = u.w_in != NONE;
   // absent operands read h's words instead (in bounds), their effect selected away below
@@ -231,13 +239,13 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 `;
 
 // Per-layer inputs, a workgroup per layer: (rms_norm(proj * proj_scale) * w + dequantized table row) / sqrt(2).
-const PER_LAYER = /* wgsl */ `
+const PER_LAYER = ({ SG = 0 }) => /* wgsl */ `${enableSG(SG)}
 struct U { proj: u32, dim: u32, w: u32, rows: u32, scales: u32, out: u32, eps: f32, proj_scale: f32, }
 @group(0) @binding(0) var<uniform> u: U;
-${common()}
+${common(ACT, SG)}
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-  let base = wg.x * u.dim;
+fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>${SG_ARGS(SG)}) {
+${SG_INIT(SG)}  let base = wg.x * u.dim;
   var ss = 0.0;
   for (var j = t; j < u.dim; j += 256u) { let x = ld(u.proj + base + j) * u.proj_scale; ss += x * x; }
   let inv = inverseSqrt(reduce_sum(ss, t) / f32(u.dim) + u.eps);
@@ -249,94 +257,111 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
 }
 `;
 
-// A workgroup per head: RMSNorm over the head (w NONE: unscaled, Gemma's v_norm), then rotate-half RoPE with the
-// position's cos/sin (rope false for values). Query heads in place; the new key/value rows (a KV-shared layer has
-// none: kv workgroups 0) from k_src/v_src to k_dst/v_dst and, while act[live] is set, into the caches' slot act[slot]
-// (of `slots`; the token's own attention hides that slot).
-const HEADS = /* wgsl */ `
-struct U { q: u32, heads: u32, d: u32, wq: u32, k_src: u32, k_dst: u32, wk: u32, v_src: u32, v_dst: u32, kv: u32,
-           cos: u32, sin: u32, eps: f32, slots: u32, slot: u32, live: u32, }
+// The heads' norms and RoPE, then attention in chunks of 64 cache slots (flash-decoding), head size D, in one
+// dispatch: a workgroup per chunk and query head, and (own: the layer has key and value projections) a last row of
+// workgroups for the new key and value heads.
+// - A query workgroup RMS-norms its head of q (times wq) and rotates it (rotate-half RoPE, the position's cos/sin);
+//   chunk 0 writes it to qn, for the merge. Then the chunk's scores q·K[slot] + mask[slot] over the cache's first
+//   act[used] slots (4 lanes a slot), their max m and sum l of exp(score - m), and the exp-weighted sum of V (each
+//   lane one column of 4 values over D / 16 slots, 1024 / D groups of lanes summed at the end): acc[D] at parts,
+//   [m, l] at stats, per head and chunk. Each lane fetches its D / 16 key vectors (and, for heads up to 256, its
+//   D / 16 value vectors) before the query's norm, so that the loads' latencies overlap; slots past the used ones
+//   are loaded too and weigh 0.
+// - Key workgroup c < kv: k_src's head c normed (times wk) and rotated, to k_dst; value workgroup kv + c: v_src's
+//   head c normed (Gemma's v_norm: no weight), to v_dst; both, while act[live] is set, into the caches' slot act[slot]
+//   (of `slots`), which this step's mask hides: a chunk reading it meanwhile weighs the old row or the new one 0.
+const attendValues = (D) => range(D / 16).map((j) =>
+  `  let v${j} = values[(base + min(first + group * ${D / 16}u + ${j}u, u.slots - 1u)) * N + col];`).join("\n");
+const ATTEND = ({ D, SG = 0 }) => /* wgsl */ `${enableSG(SG)}
+struct U { q: u32, qn: u32, heads: u32, kv: u32, wq: u32, k_src: u32, k_dst: u32, wk: u32, v_src: u32, v_dst: u32,
+           cos: u32, sin: u32, eps: f32, slots: u32, slot: u32, live: u32, used: u32, mask: u32, parts: u32,
+           stats: u32, }
 @group(0) @binding(0) var<uniform> u: U;
-${common()}
-@group(0) @binding(2) var<storage, read_write> key_cache: array<f32>;
-@group(0) @binding(3) var<storage, read_write> value_cache: array<f32>;
-var<workgroup> xs: array<f32, 512>;
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-  let d = u.d;
-  var src = u.q + wg.x * d;
-  var dst = src;
-  var w = u.wq;
-  var rope = true;
-  let head = (wg.x - u.heads) % max(u.kv, 1u);  // a key or value row's kv head
-  let cached = (head * u.slots + act[u.slot]) * d;
-  if (wg.x >= u.heads + u.kv) {
-    src = u.v_src + head * d;
-    dst = u.v_dst + head * d;
-    w = NONE;
-    rope = false;
-  } else if (wg.x >= u.heads) {
-    src = u.k_src + head * d;
-    dst = u.k_dst + head * d;
-    w = u.wk;
-  }
-  let store = wg.x >= u.heads && act[u.live] != 0u;
-  var ss = 0.0;
-  for (var j = t; j < d; j += 256u) { let x = ld(src + j); xs[j] = x; ss += x * x; }
-  let inv = inverseSqrt(reduce_sum(ss, t) / f32(d) + u.eps);
-  for (var j = t; j < d; j += 256u) {
-    var y = xs[j] * inv;
-    if (w != NONE) { y *= ld(w + j); }
-    if (rope) {
-      let half = d / 2u;
-      let jj = j % half;
-      var other = xs[(j + half) % d] * inv;
-      if (w != NONE) { other *= ld(w + (j + half) % d); }
-      let c = ld(u.cos + jj);
-      let s = ld(u.sin + jj);
-      y = select(y * c + other * s, y * c - other * s, j < half);
-    }
-    st(dst + j, y);
-    if (store && rope) { key_cache[cached + j] = y; }
-    if (store && !rope) { value_cache[cached + j] = y; }
-  }
-}
-`;
-
-// Attention in chunks of 64 cache slots (flash-decoding), a workgroup per chunk and query head, head size D: the
-// chunk's scores q·K[slot] + mask[slot] over the cache's first act[used] slots (4 lanes a slot), their max m and
-// sum l of exp(score - m), and the exp-weighted sum of V (each lane one column of 4 values over 64 / G slots,
-// G = 256 / (D / 4) groups of lanes summed at the end): acc[D] at parts, [m, l] at stats, per head and chunk.
-// Every load is unconditional (slots past the used ones weigh 0) so that a lane's loads go out together.
-const ATTEND_PART = ({ D }) => /* wgsl */ `
-struct U { q: u32, heads: u32, kv: u32, slots: u32, used: u32, mask: u32, parts: u32, stats: u32, }
-@group(0) @binding(0) var<uniform> u: U;
-${common(ACT4)}
-@group(0) @binding(2) var<storage, read> keys: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> values: array<vec4<f32>>;
+${common(ACT4, SG)}
+@group(0) @binding(2) var<storage, read_write> keys: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> values: array<vec4<f32>>;
+const D = ${D}u;
 const N = ${D / 4}u;  // vec4s a row
-const G = ${256 / (D / 4)}u;
+const R = ${Math.ceil(D / 256)}u;  // a head's values a lane holds: t, t + 256, ...
+var<workgroup> xs: array<f32, D>;
 var<workgroup> qs: array<vec4<f32>, N>;
 var<workgroup> ps: array<f32, 64>;
 var<workgroup> sums: array<vec4<f32>, 256>;
 var<workgroup> used_: u32;
+fn word(i: u32) -> u32 { return act[i / 4u][i % 4u]; }
+// The head vector at src RMS-normed (times w unless NONE) and, with rope, rotated: lane t's values t, t + 256, ...
+// Every lane of the workgroup calls it.
+fn head(src: u32, w: u32, rope: bool, t: u32) -> array<f32, R> {
+  var x: array<f32, R>;
+  var wv: array<f32, R>;
+  var c: array<f32, R>;
+  var s: array<f32, R>;
+  for (var i = 0u; i < R; i++) {
+    let j = min(t + 256u * i, D - 1u);
+    x[i] = ld(src + j);
+    wv[i] = ld(select(src, w, w != NONE) + j);
+    c[i] = ld(u.cos + j % (D / 2u));
+    s[i] = ld(u.sin + j % (D / 2u));
+  }
+  var ss = 0.0;
+  for (var i = 0u; i < R; i++) { ss += select(0.0, x[i] * x[i], t + 256u * i < D); }
+  let inv = inverseSqrt(reduce_sum(ss, t) / f32(D) + u.eps);
+  for (var i = 0u; i < R; i++) {
+    x[i] *= inv * select(1.0, wv[i], w != NONE);
+    if (t + 256u * i < D) { xs[t + 256u * i] = x[i]; }
+  }
+  workgroupBarrier();
+  var y: array<f32, R>;
+  for (var i = 0u; i < R; i++) {
+    let j = min(t + 256u * i, D - 1u);
+    let other = xs[(j + D / 2u) % D];
+    y[i] = select(x[i], select(x[i] * c[i] + other * s[i], x[i] * c[i] - other * s[i], j < D / 2u), rope);
+  }
+  workgroupBarrier();
+  return y;
+}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>,
-        @builtin(num_workgroups) nwg: vec3<u32>) {
+        @builtin(num_workgroups) nwg: vec3<u32>${SG_ARGS(SG)}) {
+${SG_INIT(SG)}  if (wg.y == u.heads) {  // the new key and value heads
+    if (wg.x >= 2u * u.kv) { return; }
+    let v = wg.x >= u.kv;
+    let c = wg.x % u.kv;
+    let y = head(select(u.k_src, u.v_src, v) + c * D, select(u.wk, NONE, v), !v, t);
+    let dst = select(u.k_dst, u.v_dst, v) + c * D;
+    let cached = (c * u.slots + word(u.slot)) * D;
+    for (var i = 0u; i < R; i++) {
+      let j = t + 256u * i;
+      if (j >= D) { continue; }
+      st(dst + j, y[i]);
+      if (word(u.live) != 0u && v) { values[(cached + j) / 4u][j % 4u] = y[i]; }
+      if (word(u.live) != 0u && !v) { keys[(cached + j) / 4u][j % 4u] = y[i]; }
+    }
+    return;
+  }
   let h = wg.y;
   let c = h / (u.heads / u.kv);
-  if (t < N) { qs[t] = bitcast<vec4<f32>>(act[(u.q + h * ${D}u) / 4u + t]); }
-  if (t == 0u) { used_ = act[u.used / 4u][u.used % 4u]; }
+  if (t == 0u) { used_ = word(u.used); }
   let used = workgroupUniformLoad(&used_);
   let first = wg.x * 64u;
-  if (first >= used) { return; }
+  if (first >= used && wg.x != 0u) { return; }  // chunk 0 writes the query even with nothing cached
   let base = c * u.slots;
-  let slot = min(first + t / 4u, u.slots - 1u);
-  var dot_ = 0.0;
-  for (var j = 0u; j < N / 4u; j++) {
-    let i = 4u * j + t % 4u;
-    dot_ += dot(qs[i], keys[(base + slot) * N + i]);
+  let row = (base + min(first + t / 4u, u.slots - 1u)) * N + t % 4u;
+  let col = t % N;
+  let group = t / N;
+${range(D / 16).map((j) => `  let k${j} = keys[row + ${4 * j}u];`).join("\n")}
+${D <= 256 ? attendValues(D) : ""}
+  let y = head(u.q + h * D, u.wq, true, t);
+  for (var i = 0u; i < R; i++) {
+    let j = t + 256u * i;
+    if (j >= D) { continue; }
+    qs[j / 4u][j % 4u] = y[i];
+    if (wg.x == 0u) { st(u.qn + h * D + j, y[i]); }
   }
+  workgroupBarrier();
+  if (first >= used) { return; }
+  var dot_ = 0.0;
+${range(D / 16).map((j) => `  dot_ += dot(qs[${4 * j}u + t % 4u], k${j});`).join("\n")}
   red[t] = dot_;
   workgroupBarrier();
   var score = -3.4e38;
@@ -349,18 +374,14 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   if (t < 64u && first + t < used) { p = exp(score - m); }
   if (t < 64u) { ps[t] = p; }
   let l = reduce_sum(p, t);
-  let col = t % N;
-  let group = t / N;
+${D <= 256 ? "" : attendValues(D)}
   var sum = vec4<f32>(0.0);
-  for (var j = 0u; j < 64u / G; j++) {
-    let s = group * (64u / G) + j;
-    sum += ps[s] * values[(base + min(first + s, u.slots - 1u)) * N + col];
-  }
+${range(D / 16).map((j) => `  sum += ps[group * ${D / 16}u + ${j}u] * v${j};`).join("\n")}
   sums[t] = sum;
   workgroupBarrier();
   if (group == 0u) {
-    for (var g = 1u; g < G; g++) { sum += sums[g * N + col]; }
-    act[(u.parts + (h * nwg.x + wg.x) * ${D}u) / 4u + col] = bitcast<vec4<u32>>(sum);
+    for (var g = 1u; g < ${1024 / D}u; g++) { sum += sums[g * N + col]; }
+    act[(u.parts + (h * nwg.x + wg.x) * D) / 4u + col] = bitcast<vec4<u32>>(sum);
   }
   if (t == 0u) {
     st(u.stats + 2u * (h * nwg.x + wg.x), m);
@@ -370,19 +391,19 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
 `;
 
 // The chunks merged with the token's own key and value row: softmax over every score, times V. A workgroup per
-// query head; each lane one column of 4 values over the chunks g, g + G, ... (as attend_part's groups).
-const ATTEND_MERGE = ({ D }) => /* wgsl */ `
+// query head; each lane one column of 4 values over the chunks g, g + G, ... (as attend's groups).
+const ATTEND_MERGE = ({ D, SG = 0 }) => /* wgsl */ `${enableSG(SG)}
 struct U { q: u32, heads: u32, kv: u32, used: u32, parts: u32, stats: u32, chunks: u32, knew: u32, vnew: u32, out: u32, }
 @group(0) @binding(0) var<uniform> u: U;
-${common(ACT4)}
+${common(ACT4, SG)}
 const N = ${D / 4}u;
 const G = ${256 / (D / 4)}u;
 var<workgroup> weights: array<f32, ${MAX_CHUNKS}>;
 var<workgroup> sums: array<vec4<f32>, 256>;
 fn ld4(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(act[i / 4u]); }
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-  let h = wg.x;
+fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>${SG_ARGS(SG)}) {
+${SG_INIT(SG)}  let h = wg.x;
   let c = h / (u.heads / u.kv);
   var own = 0.0;
   if (t < N) { own = dot(ld4(u.q + h * ${D}u + 4u * t), ld4(u.knew + c * ${D}u + 4u * t)); }
@@ -566,6 +587,6 @@ fn main(@builtin(local_invocation_index) t: u32) {
 
 // kernel name → its WGSL source for the plan's constants (Dispatch.constants: sizes the code is specialized for)
 export const KERNELS = {
-  matvec: MATVEC, norm: NORM, embed: () => EMBED, per_layer: () => PER_LAYER, heads: () => HEADS,
-  attend_part: ATTEND_PART, attend_merge: ATTEND_MERGE, top_k: TOP_K, sample: () => SAMPLE, gather: GATHER,
+  matvec: MATVEC, norm: NORM, embed: () => EMBED, per_layer: PER_LAYER,
+  attend: ATTEND, attend_merge: ATTEND_MERGE, top_k: TOP_K, sample: () => SAMPLE, gather: GATHER,
 };

@@ -345,7 +345,7 @@ class WebStepSession:
 
     async def profile(self) -> dict | None:
         """For benchmarks, the kernel step only: GPU milliseconds of the last step run again, by kind of dispatch (qkv,
-        attend_part, lm_head, ...): "alone", each dispatch in a pass of its own (overstated by a pass's overhead: for
+        attend, lm_head, ...): "alone", each dispatch in a pass of its own (overstated by a pass's overhead: for
         ranking); "in_step", what the step saves without that kind's dispatches (their real share, gaps included);
         "step", the whole step in one pass. None without timestamp queries."""
         if self.plan is None:
