@@ -16,8 +16,9 @@ import { countStepTimes, fillWeights, readStaging, storageBuffer } from "./ort_b
 import { readRow } from "./store_bridge.mjs";
 
 const UNIFORM_STRIDE = 256;  // minUniformBufferOffsetAlignment's largest allowed value
-// A step's pass goes in this many submits: the GPU starts on the first while Chromium turns the next into Vulkan
-// commands (E2B on an H100: 99.7 tokens/s with 4, 75.3 with 1, BENCHMARKS.md)
+// A step that waits for the one before goes in this many submits: the GPU starts on the first while Chromium turns
+// the next into Vulkan commands (E2B on an H100: 99.7 tokens/s with 4, 75.3 with 1). A chained step, queued behind
+// others, goes in one (295 tokens/s against 291 with 4; BENCHMARKS.md).
 const SUBMITS = 4;
 const STAGING = 4;  // read-back buffers: steps in flight at once, at most
 
@@ -198,7 +199,7 @@ class KernelStep {
   // For benchmarks. timeSteps: each step between GPU timestamps (the start of its first pass, the end of its last),
   // its time added to webgemmaStepTimes.gpu_ms (where the device has timestamp queries). encodeAhead: encode a step's commands during the step before (its
   // inputs go into act by writeBuffer, so its commands do not depend on them), so that Chromium's GPU process
-  // checks them while the GPU works. submits: the pass in that many submits (SUBMITS).
+  // checks them while the GPU works. submits: an unchained step's pass in that many submits (SUBMITS).
   configure({ timeSteps = false, encodeAhead = true, submits = SUBMITS }) {
     this.encodeAhead = encodeAhead;
     this.submits = submits;
@@ -211,11 +212,11 @@ class KernelStep {
     }
   }
 
-  // A step's command buffers: its dispatches in `submits` passes (the first and last with the timestamps), then the
+  // A step's command buffers: its dispatches in `passes` passes (the first and last with the timestamps), then the
   // copy of its output (and timestamps) into the staging buffer `staging`.
-  encode(staging) {
+  encode(staging, passes) {
     const stamps = this.stamps;
-    const per = Math.ceil(this.dispatches.length / this.submits);
+    const per = Math.ceil(this.dispatches.length / passes);
     const commands = [];
     for (let first = 0; first < this.dispatches.length; first += per) {
       const last = first + per >= this.dispatches.length;
@@ -235,7 +236,7 @@ class KernelStep {
       }
       commands.push(encoder.finish());
     }
-    return { staging, commands };
+    return { staging, passes, commands };
   }
 
   // The token's per-layer row as stored (int4 data, then float16 or float32 block scales) into the step's inputs,
@@ -263,14 +264,16 @@ class KernelStep {
     if (checked) this.device.pushErrorScope("validation");
     const t0 = performance.now();
     const staging = this.sent++ % STAGING;
-    const { commands } = this.ahead?.staging === staging ? this.ahead : this.encode(staging);
+    const passes = chained ? 1 : this.submits;
+    const ahead = this.ahead;
+    const { commands } = ahead?.staging === staging && ahead.passes === passes ? ahead : this.encode(staging, passes);
     this.ahead = null;
     const [blockAt] = this.plan.block;
     const from = chained ? (this.plan.tail - blockAt) * 4 : 0;
     this.device.queue.writeBuffer(this.act, blockAt * 4 + from, block, from);
     if (raw) this.writeRow(raw);
     for (const command of commands) this.device.queue.submit([command]);
-    if (this.encodeAhead) this.ahead = this.encode(this.sent % STAGING);
+    if (this.encodeAhead) this.ahead = this.encode(this.sent % STAGING, passes);  // the next step likely chains as this one
     const t1 = performance.now();
     const error = checked && this.device.popErrorScope();
     return this.read(staging, error, t0, t1);

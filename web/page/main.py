@@ -14,8 +14,8 @@ step=graph (decode through the graph-captured step graph, not the hand-written W
 webgemma.kernel_plan), kernel_lanes=8|16|...|256 (every kernel matvec's lanes per row), kernel_subgroups=0 (the
 matvecs add through workgroup memory where the device has subgroups), profile=1 (the kernels' GPU
 time by kind in `kernel_profile_ms`, and each step's in `step_times.gpu_ms`), encode_ahead=0 (encode each kernel
-step's commands once its inputs are known, not during the step before), submits=N (a kernel step's pass in N
-submits; 4 by default),
+step's commands once its inputs are known, not during the step before), submits=N (an unchained kernel step's pass
+in N submits; 4 by default, chained steps go in one),
 repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`),
 think_ms=N (wait N ms after loading before the prompt, as a reader typing it would), wait_copies=1 (the per-layer
 table's copies in OPFS ready before the prompt; `copies` says where rows were read), wait_table=1 (the kernels' per-layer

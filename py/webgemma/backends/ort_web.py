@@ -339,8 +339,8 @@ class WebStepSession:
 
     def configure(self, *, time_steps: bool = False, encode_ahead: bool = True, submits: int | None = None) -> None:
         """For benchmarks, the kernel step only: time each step on the GPU (webgemmaStepTimes.gpu_ms); encode each
-        step's commands during the step before (the default) or once its inputs are known; its pass in `submits`
-        submits (default: kernel_step.mjs SUBMITS)."""
+        step's commands during the step before (the default) or once its inputs are known; an unchained step's pass in
+        `submits` submits (default: kernel_step.mjs SUBMITS; chained steps go in one)."""
         self._step.configure(time_steps=time_steps, encode_ahead=encode_ahead, submits=submits)
 
     async def profile(self) -> dict | None:
