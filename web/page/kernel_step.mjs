@@ -41,8 +41,9 @@ function encodeDispatches(pass, dispatches) {
   pass.end();
 }
 
-// Whether the matvecs may add their lanes' sums by subgroup shuffles (kernel_plan's `subgroups`): the device has
-// subgroups, and they are runs of consecutive invocations of a 1-D workgroup, which WGSL does not promise.
+// Whether the kernels may add by subgroup operations (kernel_plan's `subgroups`: the matvecs' shuffles, the
+// reductions of wgsl.mjs): the device has subgroups, and they are runs of consecutive invocations of a 1-D
+// workgroup, which WGSL does not promise.
 export async function subgroupsUsable(ort) {
   const device = await ort.env.webgpu.device;
   if (!device.features.has("subgroups")) return false;

@@ -20,7 +20,8 @@ fn st(i: u32, v: f32) { act[i] = bitcast<u32>(v); }
 // the matvec reads its input four words at a time (writable bindings of one buffer may not alias)
 const ACT4 = /* wgsl */ `
 @group(0) @binding(1) var<storage, read_write> act: array<vec4<u32>>;
-fn ld(i: u32) -> f32 { return bitcast<f32>(act[i / 4u][i % 4u]); }
+fn word(i: u32) -> u32 { return act[i / 4u][i % 4u]; }
+fn ld(i: u32) -> f32 { return bitcast<f32>(word(i)); }
 fn st(i: u32, v: f32) { act[i / 4u][i % 4u] = bitcast<u32>(v); }
 `;
 
@@ -107,9 +108,9 @@ fn dotWords(r: Words, lane: u32) -> f32 {
   var acc = 0.0;
 ${range(PER).map((i) => `  {
     let w = min(lane + ${i * LANES}u, last);
-    let word = vec4<u32>(r.w[${i}]);
-    let lo = nibbles(word >> vec4<u32>(0u, 4u, 8u, 12u));
-    let hi = nibbles(word >> vec4<u32>(16u, 20u, 24u, 28u));
+    let packed = vec4<u32>(r.w[${i}]);
+    let lo = nibbles(packed >> vec4<u32>(0u, 4u, 8u, 12u));
+    let hi = nibbles(packed >> vec4<u32>(16u, 20u, 24u, 28u));
     acc += (dot(lo, xin(2u * w)) + dot(hi, xin(2u * w + 1u))) * r.s[${i}];
   }`).join("\n")}
   return acc;
@@ -288,7 +289,6 @@ var<workgroup> qs: array<vec4<f32>, N>;
 var<workgroup> ps: array<f32, 64>;
 var<workgroup> sums: array<vec4<f32>, 256>;
 var<workgroup> used_: u32;
-fn word(i: u32) -> u32 { return act[i / 4u][i % 4u]; }
 // The head vector at src RMS-normed (times w unless NONE) and, with rope, rotated: lane t's values t, t + 256, ...
 // Every lane of the workgroup calls it.
 fn head(src: u32, w: u32, rope: bool, t: u32) -> array<f32, R> {
@@ -408,7 +408,7 @@ ${SG_INIT(SG)}  let h = wg.x;
   var own = 0.0;
   if (t < N) { own = dot(ld4(u.q + h * ${D}u + 4u * t), ld4(u.knew + c * ${D}u + 4u * t)); }
   own = reduce_sum(own, t);
-  let chunks = min(u.chunks, (act[u.used / 4u][u.used % 4u] + 63u) / 64u);
+  let chunks = min(u.chunks, (word(u.used) + 63u) / 64u);
   let stats = u.stats + 2u * h * u.chunks;
   var m = own;
   for (var k = t; k < chunks; k += 256u) { m = max(m, ld(stats + 2u * k)); }
