@@ -43,6 +43,30 @@ PATTERN_WORDS = 1 << 20  # the weight words, repeated over every weight buffer
 PATTERN_SCALES = 1 << 16
 MAX_PER = 16  # lanes that would read more weight words than this each are not tried
 
+# For the benches that time one kernel alone: GPU ms of n dispatches of `pipe` in one compute pass, the bind groups in
+# turn, by timestamp queries.
+PASS_TIMER = """
+function passTimer(device) {
+  const querySet = device.createQuerySet({ type: "timestamp", count: 2 });
+  const resolved = device.createBuffer({ size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+  const stamps = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  return async (pipe, groups, grid, n) => {
+    const e = device.createCommandEncoder();
+    const p = e.beginComputePass({ timestampWrites: { querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } });
+    p.setPipeline(pipe);
+    for (let i = 0; i < n; i++) { p.setBindGroup(0, groups[i % groups.length]); p.dispatchWorkgroups(...grid); }
+    p.end();
+    e.resolveQuerySet(querySet, 0, 2, resolved, 0);
+    e.copyBufferToBuffer(resolved, 0, stamps, 0, 16);
+    device.queue.submit([e.finish()]);
+    await stamps.mapAsync(GPUMapMode.READ);
+    const [begin, end] = new BigUint64Array(stamps.getMappedRange());
+    stamps.unmap();
+    return Number(end - begin) / 1e6;
+  };
+}
+"""
+
 JS = """
 import { KERNELS } from "./wgsl.mjs";
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -65,24 +89,7 @@ async function main() {
     return b;
   };
   const none = device.createBuffer({ size: 16, usage });
-  const querySet = device.createQuerySet({ type: "timestamp", count: 2 });
-  const resolved = device.createBuffer({ size: 16, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
-  const stamps = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-  // GPU ms of n dispatches in one pass, over the weight copies in turn
-  const passMs = async (pipe, groups, grid, n) => {
-    const e = device.createCommandEncoder();
-    const p = e.beginComputePass({ timestampWrites: { querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 } });
-    p.setPipeline(pipe);
-    for (let i = 0; i < n; i++) { p.setBindGroup(0, groups[i % groups.length]); p.dispatchWorkgroups(...grid); }
-    p.end();
-    e.resolveQuerySet(querySet, 0, 2, resolved, 0);
-    e.copyBufferToBuffer(resolved, 0, stamps, 0, 16);
-    device.queue.submit([e.finish()]);
-    await stamps.mapAsync(GPUMapMode.READ);
-    const [begin, end] = new BigUint64Array(stamps.getMappedRange());
-    stamps.unmap();
-    return Number(end - begin) / 1e6;
-  };
+  const passMs = passTimer(device);  // over the weight copies in turn
   const readAct = async (act, ranges) => {
     const bytes = ranges.reduce((s, [, n]) => s + 4 * n, 0);
     const staging = device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
@@ -134,7 +141,7 @@ async function main() {
   return out;
 }
 window.result = await main();
-"""
+""" + PASS_TIMER
 
 PAGE = '<!doctype html><meta charset="utf-8"><title>matvec</title><script type="module" src="bench.mjs"></script>'
 
@@ -237,6 +244,15 @@ def run(a, open_page=None) -> dict:
     return result
 
 
+def recorded_run(run, a) -> dict:
+    """run(a)'s results, written to a.results (JSON) when given; the adapter printed."""
+    r = run(a)
+    if a.results:
+        a.results.write_text(json.dumps(r, indent=1))
+    print(json.dumps(r["adapter"]))
+    return r
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true")
@@ -245,10 +261,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=6, help="the fastest variants shown per shape")
     p.add_argument("--results", type=Path, help="write the raw results here (JSON)")
     a = p.parse_args()
-    r = run(a)
-    if a.results:
-        a.results.write_text(json.dumps(r, indent=1))
-    print(json.dumps(r["adapter"]))
+    r = recorded_run(run, a)
     print(f"{'shape':18s} {'MB':>6s} {'variant':34s} {'µs':>8s} {'GB/s':>7s}")
     failed = [f"{s['name']} {v}" for s in r["shapes"] for v in s["variants"] if "error" in v]
     for s in r["shapes"]:

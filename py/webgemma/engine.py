@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class Engine:
         self.static: StaticDecoder | None = None
         self.on_static = False  # the cache lives in the step session's buffers
         self.chain_depth = CHAIN_DEPTH  # 0: never chain steps (benchmarks: sampling in Python)
+        self.warming: asyncio.Future | None = None  # the prefill graph's throwaway run (`warm_up`)
         self.reset()
 
     def use_step_session(self, session: StepSession) -> None:
@@ -88,6 +90,27 @@ class Engine:
     async def record_step(self) -> None:
         """Runs the step session on a throwaway token (see StaticDecoder.rehearse); the cache is untouched."""
         await self.static.rehearse(await self._token_feeds([0]))
+
+    def warm_up(self) -> asyncio.Future:
+        """Runs the prefill graph once, in the background, on a chunk of throwaway tokens, then forgets them: its
+        first run builds the backend's GPU pipelines (onnxruntime-web: ~0.3 s of a first 512-token prompt's ~0.45 s
+        on an H100, BENCHMARKS.md), which a prompt then finds ready. The next prompt waits for it (the future
+        returned)."""
+        async def run() -> None:
+            try:
+                await self._run([0] * self._chunk(0, min(self.prefill_chunk, self.max_context - 1)), top_k=True)
+            finally:
+                self.reset()
+        self.warming = asyncio.ensure_future(run())
+        return self.warming
+
+    async def _warmed(self) -> None:
+        """Waits for the warm-up. Its failure is not the prompt's: the prompt's own runs show a real problem."""
+        if self.warming is not None:
+            warming, self.warming = self.warming, None
+            await asyncio.wait([warming])
+            if warming.exception() is not None:
+                warnings.warn(f"the prefill graph's warm-up failed: {warming.exception()}", RuntimeWarning, stacklevel=2)
 
     def reset(self) -> None:
         """Forget the cache: zero-length past tensors (always fed, never omitted: see DESIGN.md on GQA)."""
@@ -238,6 +261,7 @@ class Engine:
 
     async def prefill(self, prompt_ids: list[int], top_k: bool = False) -> tuple[Scores, int]:
         """Bring the cache to `prompt_ids`; returns (last scores, number of cached tokens reused)."""
+        await self._warmed()
         if not prompt_ids:
             raise ValueError("the prompt is empty: give at least one token (a chat prompt starts with <bos>)")
         if len(prompt_ids) >= self.max_context:
@@ -281,7 +305,8 @@ class Engine:
         sampler, stop_ids = Sampler(sampling), set(stop_ids)
         top_k = not sampler.needs_all_logits(self.io["top_k"]["k"])
         t0 = time.perf_counter()
-        self._restart_timing()  # the prompt's own: not what an earlier turn's decoding left
+        await self._warmed()  # counted in the time to the first token: the prompt waits for it
+        self._restart_timing()  # the prompt's own: not what an earlier turn's decoding left or the warm-up
         scores, reused = await self.prefill(result.prompt_ids, top_k)
         t_prefill = time.perf_counter()
         history = list(result.prompt_ids)

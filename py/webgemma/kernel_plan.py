@@ -1,7 +1,7 @@
 """The decode step as hand-written WebGPU kernels (web/page/wgsl.mjs), planned here, run by kernel_step.mjs.
 
 The same maths as the exporter's step graph (exporter/graph/decoder.py), over the same uploaded weights and fixed
-caches (webgemma.static_cache), in 11 dispatches per layer instead of ~30 onnxruntime nodes:
+caches (webgemma.static_cache), in 10 dispatches per layer instead of ~30 onnxruntime nodes:
 
     norm     h' = (h + post_per_layer_input_norm(z)) * layer_scalar of the layer before; x = input_layernorm(h')
     qkv      q, k, v projections of x
@@ -12,8 +12,8 @@ caches (webgemma.static_cache), in 11 dispatches per layer instead of ~30 onnxru
     norm     h' = h + post_attention_layernorm(o); x = pre_feedforward_layernorm(h')
     gate_up  gelu(gate x) * up x
     down
-    norm     h' = h + post_feedforward_layernorm(y)
-    ple_gate gelu(per_layer_input_gate h') * ple_i
+    ple_gate h' = h + post_feedforward_layernorm(y) (in each workgroup; the first writes it),
+             gelu(per_layer_input_gate h') * ple_i
     ple_proj z = per_layer_projection(...)
 
 then the final norm, the tied lm_head by column chunk (softcap on the last), top-k in stages of 1,024 and the
@@ -54,7 +54,8 @@ SAMPLE_PARAMS = ("u", "temperature", "top_k", "top_p", "min_p", "repetition_pena
 
 # each kernel's uniform struct U, field by field (wgsl.mjs); FLOATS are float32, the rest uint32
 UNIFORMS = {
-    "matvec": ["k", "in_off", "n0", "n1", "n2", "out0", "out1", "out2", "epi", "aux", "cap"],
+    "matvec": ["k", "in_off", "n0", "n1", "n2", "out0", "out1", "out2", "epi", "aux", "cap", "res", "branch", "w_branch",
+               "h_out", "eps"],
     "norm": ["hidden", "res", "branch", "w_branch", "scalar", "w_in", "h_out", "eps", "out"],
     "embed": ["token", "nb", "out", "scale"],
     "per_layer": ["proj", "dim", "w", "rows", "scales", "out", "eps", "proj_scale"],
@@ -294,9 +295,10 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     norm_per = {"PER": -(-hidden // 256)} | sg  # the norm's values a lane holds
 
     def matvec(label: str, sources, k_in: int, outs: list[int], *, norm: dict | None = None, in_off: int = 0,
-               epi: int = EPI_STORE, aux: int = 0, cap_: float = 0.0) -> None:
+               epi: int = EPI_STORE, aux: int = 0, cap_: float = 0.0, residual: dict | None = None) -> None:
         """sources: [(qweight, scales, rows, input size)], at most 3 (the rest in further dispatches). norm: a norm
-        dispatch's fields before it (the NORM kernel), whose x is the input."""
+        dispatch's fields before it (the NORM kernel), whose x is the input. residual: the input is h' = res +
+        rms_norm(branch) * w_branch, computed inside the matvec (wgsl.mjs MATVEC's RESIDUAL), written to h_out."""
         if norm is not None:
             plan.append(Dispatch("norm", ["act"], _uniform("norm", hidden=hidden, eps=eps, out=x, **(
                 {"branch": NONE, "scalar": NONE, "w_in": NONE} | norm)), (1, 1, 1), norm_per, "norm"))
@@ -309,10 +311,10 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
             o = group_outs + [0] * (3 - len(group))
             binding = ["act"] + [f"w:{name}" for s in group for name in s[:2]] + ["none", "none"] * (3 - len(group))
             rows_ = n[0] if epi == EPI_GELU_MUL else sum(n)
-            constants = matvec_constants(k_in, rows_, lanes, subgroups)
+            constants = matvec_constants(k_in, rows_, lanes, subgroups) | ({"RESIDUAL": k_in} if residual else {})
             plan.append(Dispatch("matvec", binding, _uniform(
                 "matvec", k=k_in, in_off=in_off, n0=n[0], n1=n[1], n2=n[2], out0=o[0], out1=o[1], out2=o[2], epi=epi,
-                aux=aux, cap=cap_), _grid(-(-rows_ * constants["LANES"] // 256)), constants, label))
+                aux=aux, cap=cap_, **(residual or {})), _grid(-(-rows_ * constants["LANES"] // 256)), constants, label))
 
     def offsets(sources, at: int) -> list[int]:
         """Output offsets of stacked parts of one linear starting at `at`."""
@@ -387,8 +389,9 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         src = w.parts(pre + "per_layer_input_gate.weight", "part")
         if len(src) != 1:
             raise KernelPlanError(f"layer {i}: the per-layer gate is split in parts")
-        matvec("ple_gate", src, hidden, [gate], epi=EPI_GELU_AUX, aux=ple + i * per_layer, norm={
-            "res": h[cur], "h_out": h[1 - cur], "branch": y, "w_branch": param(pre + "post_feedforward_layernorm.weight")})
+        matvec("ple_gate", src, hidden, [gate], epi=EPI_GELU_AUX, aux=ple + i * per_layer, residual={
+            "res": h[cur], "h_out": h[1 - cur], "branch": y, "w_branch": param(pre + "post_feedforward_layernorm.weight"),
+            "eps": eps})
         cur = 1 - cur
         src = w.parts(pre + "per_layer_projection.weight", "part")
         matvec("ple_proj", src, per_layer, offsets(src, z), in_off=gate)

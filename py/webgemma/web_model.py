@@ -22,7 +22,7 @@ STEP_CONTEXT = 8192  # default context of the step session's fixed caches (E2B: 
 async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Callable[[Progress], None] | None = None,
                          reverify: bool = False, verbose_log: bool = False, prefill_chunk: int = 256,
                          max_context: int | None = None, capture: bool = True, kernels: bool = True,
-                         kernel_options: dict | None = None, table_on_gpu: bool = True,
+                         kernel_options: dict | None = None, table_on_gpu: bool = True, warm_up: bool = True,
                          ) -> tuple[Model, OrtWebBackend, EnsureReport]:
     """The model at `model_url` (a folder written by `webgemma export`), ready to generate, and what the store
     did to get its files (downloaded, refetched after a failed check).
@@ -38,6 +38,8 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     table_on_gpu: with the kernels, put the per-layer table on the GPU after loading (in the background): their steps
     then find their rows there, sample there and follow each other without waiting for Python
     (Engine._chain). Otherwise each step's row is read from storage.
+    warm_up: on WebGPU, run the prefill graph once on throwaway tokens after loading, in the background
+    (Engine.warm_up), before the table's upload: the first prompt then finds onnxruntime-web's pipelines built.
     """
     phase = Laps()
     store = WebModelStore(model_url)
@@ -75,9 +77,10 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     if backend.weights is not None:
         await backend.weights.ready()
         phase("weights")
+    warming = model.engine.warm_up() if warm_up and backend.name == "webgpu" else None
     if report.step == "kernels" and table_on_gpu:  # their steps chain on the GPU once it holds the per-layer table
         step.start_upload([(store.file(f["path"]), f["first_row"], f["rows"]) for f in manifest.table["files"]],
-                          manifest.table["row_bytes"])
+                          manifest.table["row_bytes"], after=warming)
     store.start_copies([f["path"] for f in manifest.table["files"]])  # the per-layer rows, read a row per token
     report.phases_ms = phase.ms
     return model, backend, report

@@ -88,3 +88,50 @@ def test_prompt_longer_than_the_context_is_refused_with_a_message(model_dir):
 def test_generation_stops_at_the_context_limit(model_dir):
     _, result, _ = generate(model_dir, GenerationSettings(max_new_tokens=100, sampling=GREEDY), max_context=24)
     assert result.finish_reason == "context" and len(result.prompt_ids) + len(result.output_ids) == 24
+
+
+def test_warm_up_runs_a_throwaway_chunk_that_the_next_prompt_waits_for_and_never_sees(model_dir):
+    settings = GenerationSettings(max_new_tokens=12, sampling=GREEDY)
+    _, cold, _ = generate(model_dir, settings)
+
+    async def run():
+        model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m), prefill_chunk=16)
+        engine, fed = model.engine, []
+        run_graph = engine.backend.run
+
+        async def counted(feeds, host_outputs):
+            fed.append(feeds[engine.io["inputs"]["input_ids"]].shape[1])
+            return await run_graph(feeds, host_outputs)
+
+        engine.backend.run = counted
+        engine.warm_up()  # not awaited: the prompt waits for it
+        result = await model.generator.generate(model.encode_raw(PROMPT), settings)
+        return engine, fed, result
+
+    engine, fed, warm = asyncio.run(run())
+    assert fed[0] == 16 and engine.warming is None  # one full chunk, finished before the prompt's runs
+    assert warm.output_ids == cold.output_ids and warm.stats["reused_tokens"] == 0
+
+
+def test_a_failed_warm_up_warns_and_leaves_the_prompt_to_run(model_dir):
+    settings = GenerationSettings(max_new_tokens=6, sampling=GREEDY)
+    _, cold, _ = generate(model_dir, settings)
+
+    async def run():
+        model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m), prefill_chunk=16)
+        engine = model.engine
+        run_graph, calls = engine.backend.run, []
+
+        async def failing_once(feeds, host_outputs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("device lost")
+            return await run_graph(feeds, host_outputs)
+
+        engine.backend.run = failing_once
+        engine.warm_up()
+        return await model.generator.generate(model.encode_raw(PROMPT), settings)
+
+    with pytest.warns(RuntimeWarning, match="warm-up failed: device lost"):
+        result = asyncio.run(run())
+    assert result.output_ids == cold.output_ids

@@ -52,7 +52,7 @@ def test_uniforms_are_the_wgsl_structs_field_by_field():
 
 
 @pytest.mark.parametrize("kind", ["e2b", "e4b"])
-def test_the_plan_names_the_step_graphs_weights_and_eleven_dispatches_a_layer(exports, kind):
+def test_the_plan_names_the_step_graphs_weights_and_ten_dispatches_a_layer(exports, kind):
     manifest, weights, plan = plan_of(exports[kind])
     names = {w.name for w in weights}
     used = {b[2:] for d in plan.dispatches for b in d.bindings if b.startswith("w:")}
@@ -60,9 +60,13 @@ def test_the_plan_names_the_step_graphs_weights_and_eleven_dispatches_a_layer(ex
     layers = manifest.arch["num_hidden_layers"]
     labels = [d.label or d.kernel for d in plan.dispatches]
     first = labels.index("qkv") - 1
-    layer = ["norm", "qkv", "attend", "attend_merge", "o_proj", "norm", "gate_up", "down", "norm", "ple_gate", "ple_proj"]
-    assert labels[first:first + 11 * layers] == layer * layers
-    assert labels[first + 11 * layers:] == ["norm", *["lm_head"] * labels.count("lm_head"), *["top_k"] * labels.count("top_k"),
+    layer = ["norm", "qkv", "attend", "attend_merge", "o_proj", "norm", "gate_up", "down", "ple_gate", "ple_proj"]
+    assert labels[first:first + 10 * layers] == layer * layers
+    # the per-layer gate computes the residual after the MLP itself, from the MLP's output
+    gates = [d for d in plan.dispatches if d.label == "ple_gate"]
+    assert {d.constants.get("RESIDUAL") for d in gates} == {manifest.arch["hidden_size"]}
+    assert all(d.constants.get("RESIDUAL") is None for d in plan.dispatches if d.kernel == "matvec" and d.label != "ple_gate")
+    assert labels[first + 10 * layers:] == ["norm", *["lm_head"] * labels.count("lm_head"), *["top_k"] * labels.count("top_k"),
                                             "sample"]
     assert labels[:labels.count("gather")] == ["gather"]  # the tiny table fits one buffer
     caches = {b[6:] for d in plan.dispatches for b in d.bindings if b.startswith("cache:")}

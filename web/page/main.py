@@ -22,7 +22,8 @@ table's copies in OPFS ready before the prompt; `copies` says where rows were re
 table on the GPU before the prompt, so that their steps chain; `table` says where it is), chain=N (N kernel steps, at
 most 4, queued at once, each sampling the next one's token on the GPU; 0: one at a time, sampled in Python), gpu_table=0 (the
 kernels read each step's per-layer row from storage, never from the GPU), ort_start=0 (onnxruntime-web starts when
-the model loads, not while Python boots: boot.mjs). With autorun the page generates once and sets
+the model loads, not while Python boots: boot.mjs), warm=0 (no throwaway prefill run after loading: the first prompt
+builds onnxruntime-web's pipelines itself). With autorun the page generates once and sets
 window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, load_ms (from
 Python's start), ready_ms (from the navigation), ort_start_ms ([start, end] of onnxruntime-web's start while booting), ...}
 (or {error} when it cannot).
@@ -237,7 +238,7 @@ async def start(site: dict, env: dict, params: dict) -> None:
         kernels=params.get("step") != "graph",
         kernel_options={name: int(params["kernel_" + name]) for name in ("lanes", "subgroups")
                         if "kernel_" + name in params},
-        table_on_gpu=params.get("gpu_table") != "0")
+        table_on_gpu=params.get("gpu_table") != "0", warm_up=params.get("warm") != "0")
     load_ms = (time.perf_counter() - t0) * 1000
     ready_ms = browser.page_time_ms()
     if "prefill_limit" in params:

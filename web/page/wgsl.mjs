@@ -84,6 +84,32 @@ ${range(PER).map((i) => `  {
 }
 `;
 
+// MATVEC's input computed in each workgroup (RESIDUAL: its size): h' = h + rms_norm(branch) * w_branch into xs, each
+// lane fetching its values first; workgroup `first` writes h' to h_out. Every lane of the workgroup calls it.
+const residual = (K) => /* wgsl */ `
+var<workgroup> xs: array<vec4<f32>, ${K / 4}>;
+fn xin(i: u32) -> vec4<f32> { return xs[i]; }
+fn residual(t: u32, first: bool) {
+  var h: array<f32, ${Math.ceil(K / 256)}>;
+  var b: array<f32, ${Math.ceil(K / 256)}>;
+  var w: array<f32, ${Math.ceil(K / 256)}>;
+${range(Math.ceil(K / 256)).map((i) => `  {
+    let k = min(t + ${i * 256}u, ${K - 1}u);
+    h[${i}] = ld(u.res + k);
+    b[${i}] = ld(u.branch + k);
+    w[${i}] = ld(u.w_branch + k);
+  }`).join("\n")}
+  var ss = 0.0;
+${range(Math.ceil(K / 256)).map((i) => `  ss += select(0.0, b[${i}] * b[${i}], t + ${i * 256}u < ${K}u);`).join("\n")}
+  let inv = inverseSqrt(reduce_sum(ss, t) / ${K}.0 + u.eps);
+${range(Math.ceil(K / 256)).map((i) => `  if (t + ${i * 256}u < ${K}u) {
+    let v = h[${i}] + b[${i}] * inv * w[${i}];
+    xs[(t + ${i * 256}u) / 4u][(t + ${i * 256}u) % 4u] = v;
+    if (first) { st(u.h_out + t + ${i * 256}u, v); }
+  }`).join("\n")}
+  workgroupBarrier();
+}`;
+
 // y = W x for up to three int4 weights stacked along N (q, k, v), 256 / LANES rows per workgroup, each row's words
 // spread over LANES lanes, PER words a lane (the plan picks LANES for the row length and the row count), x a vector
 // of act. epi: 0 store, 1 gelu(W0 x) * (W1 x) (the MLP's gate and up, same rows), 2 gelu(W0 x) * act[aux + n] (the
@@ -91,13 +117,16 @@ ${range(PER).map((i) => `  {
 // (the final logit softcap). A row's lanes add their sums through workgroup memory (SG 0) or, where the device has
 // subgroups, by shuffles within the subgroup and workgroup memory only across subgroups (SG 1: a row's lanes are
 // consecutive invocations, which kernel_step.mjs subgroupsUsable checks).
-const MATVEC = ({ LANES, PER, SG = 0 }) => /* wgsl */ `${enableSG(SG)}
+// RESIDUAL (the input's size): x is not read from act but computed by every workgroup, while its weight words load,
+// as the NORM kernel's h' = h + rms_norm(branch) * w_branch (no scalar, no w_in), into workgroup memory; the first
+// workgroup also writes it to h_out (the per-layer gate: one dispatch fewer a layer).
+const MATVEC = ({ LANES, PER, SG = 0, RESIDUAL = 0 }) => /* wgsl */ `${enableSG(SG)}
 struct U { k: u32, in_off: u32, n0: u32, n1: u32, n2: u32, out0: u32, out1: u32, out2: u32, epi: u32, aux: u32,
-           cap: f32, }
+           cap: f32, res: u32, branch: u32, w_branch: u32, h_out: u32, eps: f32, }
 @group(0) @binding(0) var<uniform> u: U;
-${common(ACT4)}
-// four input values (in_off is a multiple of 4)
-fn xin(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(act[u.in_off / 4u + i]); }
+${common(ACT4, RESIDUAL ? SG : 0)}
+${RESIDUAL ? residual(RESIDUAL) : `// four input values (in_off is a multiple of 4)
+fn xin(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(act[u.in_off / 4u + i]); }`}
 struct Words { w: array<u32, ${PER}>, s: array<f32, ${PER}>, }
 ${range(3).map((s) => fetchRow(s, LANES, PER)).join("")}
 // low nibbles minus the zero point 8, without integer-to-float conversions (a quarter of the ALU rate): the nibble
@@ -119,7 +148,7 @@ var<workgroup> red2: array<f32, 256>;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>${SG ? ", @builtin(subgroup_size) sg: u32, @builtin(subgroup_invocation_id) sid: u32" : ""}) {
-  let wid = wg.x + wg.y * nwg.x;
+${RESIDUAL ? SG_INIT(SG) : ""}  let wid = wg.x + wg.y * nwg.x;
   let lane = t % ${LANES}u;
   let g = wid * ${256 / LANES}u + t / ${LANES}u;
   let rows = select(u.n0 + u.n1 + u.n2, u.n0, u.epi == 1u);
@@ -141,7 +170,8 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
     a = fetch2(row - u.n0 - u.n1, lane);
     out = u.out2 + row - u.n0 - u.n1;
   }
-  var y = dotWords(a, lane);
+${RESIDUAL ? `  residual(t, wid == 0u);
+` : ""}  var y = dotWords(a, lane);
   var y2 = 0.0;
   if (u.epi == 1u) { y2 = dotWords(b, lane); }
 ${SG ? `  for (var s = min(${LANES}u, sg) / 2u; s > 0u; s >>= 1u) {

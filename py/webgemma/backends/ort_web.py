@@ -325,10 +325,14 @@ class WebStepSession:
         bits[np.asarray(tokens, np.int64)] = 1
         self._step.write(at, np.packbits(bits, bitorder="little").view(np.uint32))
 
-    def start_upload(self, files: list[tuple[CachedFile, int, int]], row_bytes: int) -> None:
-        """Starts putting the per-layer table (its (file, first row, rows)) on the GPU (the task `uploading`); steps
-        chain once it is there. `table` says where the steps' rows come from."""
+    def start_upload(self, files: list[tuple[CachedFile, int, int]], row_bytes: int,
+                     after: asyncio.Future | None = None) -> None:
+        """Starts putting the per-layer table (its (file, first row, rows)) on the GPU (the task `uploading`), once
+        `after` is done (the prefill's warm-up: both would take the page's main thread); steps chain once it is
+        there. `table` says where the steps' rows come from."""
         async def upload() -> None:
+            if after is not None:
+                await asyncio.wait([after])  # done, whether it failed or not
             try:
                 await self._step.upload_table(files, row_bytes)
                 self.chains, self.table = True, "gpu"
