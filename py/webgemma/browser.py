@@ -646,6 +646,11 @@ class JsKernelStep(JsStepSession):
     def write(self, at: int, words: np.ndarray) -> None:
         self._s.write(at, to_js(np.ascontiguousarray(words, np.uint32)))
 
+    def prefill_rows(self, ids: list[int]) -> tuple[JsTensor, JsTensor]:
+        """A prefill chunk's per-layer rows from the table on the GPU: (int4 data, float32 scales) tensors."""
+        rows, scales = self._s.prefillRows(to_js(np.asarray(ids, np.uint32)))
+        return JsTensor(rows), JsTensor(scales)
+
     async def upload_table(self, files: list[tuple[CachedFile, int, int]], row_bytes: int) -> None:
         """The per-layer table onto the GPU: its (file, first row, rows). Raises RuntimeError where it cannot be."""
         try:

@@ -74,7 +74,8 @@ class Engine:
         self.tokens: list[int] = []
         self.cache: dict[str, Any] = {}
         self.last: Scores | None = None
-        self.timing = {"rows": 0.0, "run": 0.0, "steps": 0}  # seconds spent reading table rows / in run()
+        self.timing = {"rows": 0.0, "run": 0.0, "steps": 0, "gpu_rows": 0}  # seconds reading table rows / in run();
+        # runs, and those whose rows came from the table on the GPU
         self.static: StaticDecoder | None = None
         self.on_static = False  # the cache lives in the step session's buffers
         self.chain_depth = CHAIN_DEPTH  # 0: never chain steps (benchmarks: sampling in Python)
@@ -134,8 +135,19 @@ class Engine:
 
     async def _token_feeds(self, ids: list[int], rows: bool = True) -> dict[str, np.ndarray]:
         """input ids, table rows (unless `rows` is false) and RoPE tables for `ids` following the cached tokens."""
-        feeds = {self.io["inputs"]["input_ids"]: np.asarray([ids], np.int64), **(await self.rows.feeds(ids) if rows else {})}
+        feeds = {self.io["inputs"]["input_ids"]: np.asarray([ids], np.int64), **(await self._row_feeds(ids) if rows else {})}
         return feeds | self._rope_feeds(np.arange(len(self.tokens), len(self.tokens) + len(ids)))
+
+    def _gpu_rows(self) -> bool:
+        """Whether a prefill's rows come from the per-layer table on the GPU (the step session holds it)."""
+        return self.static is not None and self.static.session.chains
+
+    async def _row_feeds(self, ids: list[int]) -> dict:
+        if not self._gpu_rows():
+            return await self.rows.feeds(ids)
+        self.timing["gpu_rows"] += 1
+        rows, scales = self.static.session.prefill_rows(ids)
+        return {self.rows.rows_name: rows, self.rows.scales_name: scales}
 
     def _rope_feeds(self, positions: np.ndarray) -> dict[str, np.ndarray]:
         feeds = {}
@@ -218,7 +230,7 @@ class Engine:
 
     def _restart_timing(self) -> dict:
         """The timers so far, and fresh ones from now on."""
-        old, self.timing = self.timing, {"rows": 0.0, "run": 0.0, "steps": 0}
+        old, self.timing = self.timing, {"rows": 0.0, "run": 0.0, "steps": 0, "gpu_rows": 0}
         return old
 
     def _count(self, t0: float, t1: float) -> None:
@@ -240,7 +252,7 @@ class Engine:
         feeds.update(self.cache)
         top = self.io["top_k"]
         host = [top["values"], top["ids"]] if top_k else [self.io["logits"]]
-        ahead = asyncio.ensure_future(self.rows.prefetch(then)) if then else None
+        ahead = asyncio.ensure_future(self.rows.prefetch(then)) if then and not self._gpu_rows() else None
         try:
             out = await self.backend.run(feeds, host)
         finally:
@@ -358,11 +370,11 @@ class Engine:
             "graph_capture": self.on_static or chain is not None,  # decoded through the captured step session
             "chained": chain is not None,  # the tokens after the first sampled on the GPU, steps queued ahead
             # where a decode step's time goes: reading table rows, the graph run (with read-back), the rest
-            "ms_per_step": {k: 1000 * v / max(self.timing["steps"], 1) for k, v in self.timing.items() if k != "steps"}
+            "ms_per_step": {k: 1000 * self.timing[k] / max(self.timing["steps"], 1) for k in ("rows", "run")}
             | {"total": 1000 * (t_end - decode_start) / max(decoded, 1)},
-            # the prompt's runs: reading table rows, the graph runs, in all
+            # the prompt's runs: reading table rows, the graph runs, in all, and those with rows from the GPU
             "prefill_ms": {"rows": 1000 * prefill_timing["rows"], "run": 1000 * prefill_timing["run"],
-                           "runs": prefill_timing["steps"]},
+                           "runs": prefill_timing["steps"], "gpu_rows": prefill_timing["gpu_rows"]},
         }
         return result
 

@@ -40,7 +40,8 @@ class StepSession(Protocol):
 
     slots: dict[str, int]  # cache input name → capacity along the sequence axis
     reads_rows: bool  # whether `run` can read the token's per-layer row itself (given `row`, not its feeds)
-    chains: bool  # whether it holds the per-layer table and samples: steps then need no row and can be queued (`submit`)
+    chains: bool  # whether it holds the per-layer table and samples: steps then need no row and can be queued (`submit`),
+    # and a prefill chunk's rows come from it (`prefill_rows`)
 
     async def copy(self, copies: list[Copy]) -> None:
         """Performs the copies in order, before the next run."""

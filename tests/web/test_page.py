@@ -148,6 +148,20 @@ def test_steps_queued_past_a_stop_token_leave_the_cache_as_it_was(sites, offline
     assert chained["then_output_ids"] == stepped["then_output_ids"]
 
 
+def test_prompts_read_their_rows_from_the_table_on_the_gpu(sites, offline_context):
+    """Once the per-layer table is on the GPU a prefill gathers its tokens' rows there: a follow-up longer than the
+    step session takes is prefilled anew, in several chunks, to the same tokens as with rows read from storage."""
+    _, site = sites["int4"]
+    context, _ = offline_context(site.url)
+    then = " and then the story went on" * 6
+    gpu, storage = [run_page(context.new_page(), site, backend="webgpu", max_new_tokens=4, then=then, **variant)
+                    for variant in ({"wait_table": "1"}, {"gpu_table": "0"})]
+    assert gpu.get("error") is None and storage.get("error") is None, (gpu, storage)
+    assert gpu["then_reused_tokens"] == 0 and gpu["then_prefill_ms"]["gpu_rows"] >= 2, gpu
+    assert storage["then_prefill_ms"]["gpu_rows"] == 0 and gpu["prefill_ms"]["gpu_rows"] >= 1
+    assert gpu["output_ids"] == storage["output_ids"] and gpu["then_output_ids"] == storage["then_output_ids"]
+
+
 def test_raw_prompt_matches_the_cli(sites, offline_context):
     model, site = sites["int4"]
     context, _ = offline_context(site.url)

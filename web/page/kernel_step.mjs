@@ -79,15 +79,16 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(subgroup_size) sg: u32
 // buffers: the weight buffers ("file@offset" → GPUBuffer); weightKeys: {weight input name: "file@offset"}
 export async function createKernelStep(ort, buffers, weightKeys, plan) {
   const device = await ort.env.webgpu.device;
-  const step = new KernelStep(device, plan);
+  const step = new KernelStep(device, plan, ort);
   await step.build((name) => buffers.get(weightKeys[name]));
   return step;
 }
 
 class KernelStep {
-  constructor(device, plan) {
+  constructor(device, plan, ort) {
     this.device = device;
     this.plan = plan;
+    this.ort = ort;
     this.act = storageBuffer(device, plan.act_words * 4);
     device.queue.writeBuffer(this.act, plan.constants[0] * 4, plan.constants[1]);
     this.none = storageBuffer(device, 16);
@@ -104,6 +105,7 @@ class KernelStep {
     this.sent = 0;  // steps submitted: the next one reads back through staging[sent % STAGING]
     this.runs = 0;
     this.table = null;  // the per-layer table's buffers, once uploaded
+    this.prefill = null;  // prefillRows' buffers
     this.stamps = null;
     this.configure({});  // encodeAhead, submits, ahead: the next step's command buffers
   }
@@ -186,6 +188,63 @@ class KernelStep {
     this.table = buffers;
     this.bind();
     this.runs = 0;  // the next runs, with the gather dispatches, report any WebGPU error
+  }
+
+  // A prefill chunk's per-layer rows from the table on the GPU, as onnxruntime tensors shaped as PerLayerRows.feeds
+  // gives them from storage (int4 data uint8 [n, data bytes], scales float32 [n, scales]): the plan's gather
+  // dispatches with a workgroup row per token, over a buffer of their own (the token ids, then the rows and the
+  // scales), copied into the tensors' buffers. Every chunk reuses the buffers: its gather is queued after the run
+  // that read the chunk before. ids: Uint32Array.
+  prefillRows(ids) {
+    const n = ids.length;
+    if (!this.prefill || this.prefill.capacity < n) this.allocPrefill(n);
+    const { buffer, rowsAt, scalesAt, dataBytes, scales, out, groups } = this.prefill;
+    this.device.queue.writeBuffer(buffer, 0, ids);
+    const encoder = this.device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    for (const [pipeline, group] of groups) {
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, group);
+      pass.dispatchWorkgroups(1, n, 1);
+    }
+    pass.end();
+    encoder.copyBufferToBuffer(buffer, rowsAt * 4, out.rows, 0, n * dataBytes);
+    encoder.copyBufferToBuffer(buffer, scalesAt * 4, out.scales, 0, n * scales * 4);
+    this.device.queue.submit([encoder.finish()]);
+    return [this.ort.Tensor.fromGpuBuffer(out.rows, { dataType: "uint8", dims: [n, dataBytes] }),
+            this.ort.Tensor.fromGpuBuffer(out.scales, { dataType: "float32", dims: [n, scales] })];
+  }
+
+  // prefillRows' buffers for up to `capacity` tokens, and the gather dispatches' uniforms and bind groups over them
+  allocPrefill(capacity) {
+    this.releasePrefill();
+    const gathers = this.plan.dispatches.map((d, i) => [d, i]).filter(([[kernel]]) => kernel === "gather");
+    // the gather's uniforms: token, per, first, row_words, data_words, scales, rows, out_scales, f16
+    const uniformOf = ([, , uniform]) => new Uint32Array(Uint8Array.from(uniform).buffer);
+    const [, , , , dataWords, scales] = uniformOf(gathers[0][0]);
+    const rowsAt = Math.ceil(capacity / 4) * 4;  // word offsets: the ids first
+    const scalesAt = rowsAt + capacity * dataWords;
+    const buffer = storageBuffer(this.device, (scalesAt + capacity * scales) * 4);
+    const uniforms = this.device.createBuffer({
+      size: UNIFORM_STRIDE * gathers.length, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
+    const groups = gathers.map(([dispatch, i], g) => {
+      const words = uniformOf(dispatch);
+      [words[0], words[6], words[7]] = [0, rowsAt, scalesAt];
+      this.device.queue.writeBuffer(uniforms, g * UNIFORM_STRIDE, words);
+      const pipeline = this.pipelines[i];
+      const entries = [{ binding: 0, resource: { buffer: uniforms, offset: g * UNIFORM_STRIDE, size: UNIFORM_STRIDE } },
+        ...dispatch[1].map((ref, j) => ({ binding: j + 1, resource: { buffer: ref === "act" ? buffer : this.resolve(ref) } }))];
+      return [pipeline, this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries })];
+    });
+    const out = { rows: storageBuffer(this.device, capacity * dataWords * 4), scales: storageBuffer(this.device, capacity * scales * 4) };
+    this.prefill = { capacity, buffer, uniforms, rowsAt, scalesAt, dataBytes: dataWords * 4, scales, out, groups };
+  }
+
+  releasePrefill() {
+    if (!this.prefill) return;
+    for (const b of [this.prefill.buffer, this.prefill.uniforms, this.prefill.out.rows, this.prefill.out.scales]) b.destroy();
+    this.prefill = null;
   }
 
   // copies (of a prefill's caches into the step's): [[dst cache, dstOffset, src GPUBuffer, srcOffset, bytes]]
@@ -329,6 +388,7 @@ class KernelStep {
   }
 
   async release() {
+    this.releasePrefill();
     for (const buffer of [this.act, this.none, this.uniforms, ...this.staging, ...this.caches.values(), ...this.table ?? []]) {
       buffer.destroy();
     }

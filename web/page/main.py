@@ -202,7 +202,8 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str, re
     if "then" in params:
         ids = outcome.prompt_ids + outcome.output_ids + page.model.tokenizer.encode(params["then"], add_special_tokens=False)
         again = await page.model.generator.generate(ids, page.settings())
-        then = {"then_output_ids": again.output_ids, "then_reused_tokens": again.stats["reused_tokens"]}
+        then = {"then_output_ids": again.output_ids, "then_reused_tokens": again.stats["reused_tokens"],
+                "then_prefill_ms": again.stats["prefill_ms"]}
     profile = await static.session.profile() if static and params.get("profile") == "1" else None
     browser.set_global("webgemmaResult", {
         "prompt_ids": outcome.prompt_ids, "output_ids": outcome.output_ids, "text": outcome.text,

@@ -590,7 +590,8 @@ fn main(@builtin(local_invocation_index) t: u32) {
 
 // The token's per-layer row from the table on the GPU (kernel_step.mjs uploadTable: buffers of `per` rows; this
 // dispatch binds buffers first.. first + BUFFERS - 1) into the step's inputs, as kernel_step.mjs writeRow would:
-// the int4 words as they are, the block scales as float32.
+// the int4 words as they are, the block scales as float32. Workgroup row y takes token act[token + y] to rows +
+// y * data_words and out_scales + y * scales (a prefill chunk's rows: kernel_step.mjs prefillRows).
 const GATHER = ({ BUFFERS }) => /* wgsl */ `
 struct U { token: u32, per: u32, first: u32, row_words: u32, data_words: u32, scales: u32, rows: u32, out_scales: u32,
            f16: u32, }
@@ -602,15 +603,17 @@ ${range(BUFFERS).map((b) => `  if (b == ${b}u) { return table${b}[i]; }`).join("
   return 0u;
 }
 @compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) t: u32) {
-  let token = act[u.token];
+fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+  let token = act[u.token + wg.y];
   let b = token / u.per - u.first;  // wraps around below first
   if (b >= ${BUFFERS}u) { return; }
   let base = (token % u.per) * u.row_words;
-  for (var i = t; i < u.data_words; i += 256u) { act[u.rows + i] = word(b, base + i); }
+  let rows = u.rows + wg.y * u.data_words;
+  let scales = u.out_scales + wg.y * u.scales;
+  for (var i = t; i < u.data_words; i += 256u) { act[rows + i] = word(b, base + i); }
   for (var i = t; i < u.scales; i += 256u) {
     let w = word(b, base + u.data_words + select(i, i / 2u, u.f16 == 1u));
-    st(u.out_scales + i, select(bitcast<f32>(w), unpack2x16float(w)[i % 2u], u.f16 == 1u));
+    st(scales + i, select(bitcast<f32>(w), unpack2x16float(w)[i % 2u], u.f16 == 1u));
   }
 }
 `;

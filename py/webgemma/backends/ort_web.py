@@ -341,6 +341,11 @@ class WebStepSession:
         self.table = "storage (uploading to the GPU)"
         self.uploading = asyncio.ensure_future(upload())
 
+    def prefill_rows(self, ids: list[int]) -> tuple[JsTensor, JsTensor]:
+        """The per-layer rows of a prefill chunk's tokens from the table on the GPU (once `chains`): (int4 data,
+        float32 scales) as PerLayerRows.feeds reads them from storage."""
+        return self._step.prefill_rows(ids)
+
     def configure(self, *, time_steps: bool = False, encode_ahead: bool = True, submits: int | None = None) -> None:
         """For benchmarks, the kernel step only: time each step on the GPU (webgemmaStepTimes.gpu_ms); encode each
         step's commands during the step before (the default) or once its inputs are known; an unchained step's pass in
