@@ -52,7 +52,7 @@ struct U { m: u32, n: u32, k: u32, }
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 var<workgroup> ta: array<i32, 512>;   // 64 rows × 32 int8
 var<workgroup> tw: array<i32, 512>;   // 64 columns × 32 int8 (the nibbles)
-var<workgroup> tr: array<i32, 2048>;  // a 16×16 i32 tile a subgroup
+var<workgroup> tr: array<i32, 4096>;  // a subgroup's two 16×16 i32 tiles
 var<workgroup> row_scale: array<f32, 64>;
 var<workgroup> row_sum: array<f32, 64>;
 var<workgroup> col_scale: array<f32, 64>;
@@ -98,15 +98,17 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
     let left = subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>>(&ta, tm * 16u * 32u, false, 32u);
     for (var j = 0u; j < 2u; j++) {
       let right = subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>>(&tw, (tn + j) * 16u * 32u, true, 32u);
-      subgroupMatrixStore(&tr, sg * 256u, subgroupMatrixMultiply<i32>(left, right), false, 16u);
-      workgroupBarrier();
-      for (var i = 0u; i < 8u; i++) {  // lane's values: rows 2i + lane / 16, column lane % 16
-        let r = tm * 16u + 2u * i + lane / 16u;
-        let c = (tn + j) * 16u + lane % 16u;
-        acc[j * 8u + i] += (f32(tr[sg * 256u + 32u * i + lane]) - row_sum[r]) * row_scale[r] * col_scale[c];
-      }
-      workgroupBarrier();  // read before the next tile (or block) is stored over it
+      subgroupMatrixStore(&tr, sg * 512u + j * 256u, subgroupMatrixMultiply<i32>(left, right), false, 16u);
     }
+    workgroupBarrier();
+    for (var j = 0u; j < 2u; j++) {
+      let c = (tn + j) * 16u + lane % 16u;
+      for (var i = 0u; i < 8u; i++) {
+        let r = tm * 16u + 2u * i + lane / 16u;
+        acc[j * 8u + i] += (f32(tr[sg * 512u + j * 256u + 32u * i + lane]) - row_sum[r]) * row_scale[r] * col_scale[c];
+      }
+    }
+    workgroupBarrier();
   }
   for (var j = 0u; j < 2u; j++) {
     for (var i = 0u; i < 8u; i++) {
@@ -135,7 +137,8 @@ async function main() {
   const device = await adapter.requestDevice({
     requiredFeatures: ["timestamp-query", "subgroups", "chromium-experimental-subgroup-matrix"],
     requiredLimits: { maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
-                      maxBufferSize: adapter.limits.maxBufferSize } });
+                      maxBufferSize: adapter.limits.maxBufferSize,
+                      maxComputeWorkgroupStorageSize: adapter.limits.maxComputeWorkgroupStorageSize } });
   device.onuncapturederror = (e) => out.errors.push(e.error.message.slice(0, 500));
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
   const buffer = (data) => {
