@@ -74,8 +74,7 @@ class Engine:
         self.tokens: list[int] = []
         self.cache: dict[str, Any] = {}
         self.last: Scores | None = None
-        self.timing = {"rows": 0.0, "run": 0.0, "steps": 0, "gpu_rows": 0}  # seconds reading table rows / in run();
-        # runs, and those whose rows came from the table on the GPU
+        self.timing = _timers()
         self.static: StaticDecoder | None = None
         self.on_static = False  # the cache lives in the step session's buffers
         self.chain_depth = CHAIN_DEPTH  # 0: never chain steps (benchmarks: sampling in Python)
@@ -230,7 +229,7 @@ class Engine:
 
     def _restart_timing(self) -> dict:
         """The timers so far, and fresh ones from now on."""
-        old, self.timing = self.timing, {"rows": 0.0, "run": 0.0, "steps": 0, "gpu_rows": 0}
+        old, self.timing = self.timing, _timers()
         return old
 
     def _count(self, t0: float, t1: float) -> None:
@@ -377,6 +376,11 @@ class Engine:
                            "runs": prefill_timing["steps"], "gpu_rows": prefill_timing["gpu_rows"]},
         }
         return result
+
+
+def _timers() -> dict:
+    """Seconds reading table rows and in run(); runs, and those whose rows came from the table on the GPU."""
+    return {"rows": 0.0, "run": 0.0, "steps": 0, "gpu_rows": 0}
 
 
 def _length_feeds(io: dict, lengths: dict[str, int]) -> dict[str, np.ndarray]:

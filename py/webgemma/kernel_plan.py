@@ -281,8 +281,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     inner = act.take(max(p[2] for i in range(layers) for p in w.parts(f"layers.{i}.mlp.gate_proj.weight", "part")))
     gate = act.take(per_layer)
     proj, ple = act.take(layers * per_layer), act.take(layers * per_layer)
-    # attention's grid: chunks of the cache, and at least one workgroup for each new key and value head
-    chunks_max = max(-(-max(slots.values()) // ATTEND_CHUNK), 2 * max(kvs.values()))
+    chunks_max = max(_attend_chunks(slots[kind], kvs[kind]) for kind in slots)
     parts, stats = act.take(heads * chunks_max * d_max), act.take(heads * chunks_max * 2)
     logits = act.take(vocab)
     rows: dict[str, int] = {}
@@ -365,7 +364,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         # a KV-shared layer binds its source's caches too, but has no key and value workgroups to write rows
         # (writable bindings may not alias); a row of the grid past the query heads has them
         view = {"heads": heads, "kv": kv, "used": inputs["used." + masks[kind]]}
-        chunks = max(-(-slots[kind] // ATTEND_CHUNK), 2 * kv if own else 0)
+        chunks = _attend_chunks(slots[kind], kv if own else 0)
         plan.append(Dispatch("attend", ["act", "cache:" + cache["past_key"], "cache:" + cache["past_value"]], _uniform(
             "attend", **view, q=q, qn=qn, wq=param(pre + "self_attn.q_norm.weight"), k_src=k_raw,
             k_dst=rows[cache["present_key"]], wk=param(pre + "self_attn.k_norm.weight") if own else NONE, v_src=v_raw,
@@ -451,6 +450,12 @@ def _lanes(words: int, rows: int) -> int:
     while lanes < LANES[-1] and words > lanes and -(-rows * lanes // 256) < MATVEC_GROUPS:
         lanes *= 2
     return lanes
+
+
+def _attend_chunks(slots: int, kv: int) -> int:
+    """The attention's grid width: its chunks of the cache, and at least one workgroup for each of `kv` new key and
+    value heads (0: a KV-shared layer)."""
+    return max(-(-slots // ATTEND_CHUNK), 2 * kv)
 
 
 def _chunk_index(name: str) -> int:

@@ -143,15 +143,19 @@ class KernelStep {
   // brings its row).
   bind() {
     this.indices = [];  // the plan index of each dispatch bound
-    this.dispatches = this.plan.dispatches.flatMap(([kernel, bindings, , grid], i) => {
+    this.dispatches = this.plan.dispatches.flatMap(([kernel, , , grid], i) => {
       if (kernel === "gather" && !this.table) return [];
       this.indices.push(i);
-      const pipeline = this.pipelines[i];
-      const entries = [{ binding: 0, resource: { buffer: this.uniforms, offset: i * UNIFORM_STRIDE, size: UNIFORM_STRIDE } },
-        ...bindings.map((ref, j) => ({ binding: j + 1, resource: { buffer: this.resolve(ref) } }))];
-      return [[pipeline, this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries }), grid]];
+      return [[this.pipelines[i], this.bindGroup(i, this.uniforms, i * UNIFORM_STRIDE), grid]];
     });
     this.ahead = null;
+  }
+
+  // Plan dispatch i's bind group: its uniforms at `offset` of `uniforms`, `act` for its "act" binding.
+  bindGroup(i, uniforms, offset, act = this.act) {
+    const entries = [{ binding: 0, resource: { buffer: uniforms, offset, size: UNIFORM_STRIDE } },
+      ...this.plan.dispatches[i][1].map((ref, j) => ({ binding: j + 1, resource: { buffer: ref === "act" ? act : this.resolve(ref) } }))];
+    return this.device.createBindGroup({ layout: this.pipelines[i].getBindGroupLayout(0), entries });
   }
 
   // The per-layer table onto the GPU, in buffers of plan.table[0] rows. files: [[Blob, first row, rows]]; rowBytes:
@@ -232,10 +236,7 @@ class KernelStep {
       const words = uniformOf(dispatch);
       [words[0], words[6], words[7]] = [0, rowsAt, scalesAt];
       this.device.queue.writeBuffer(uniforms, g * UNIFORM_STRIDE, words);
-      const pipeline = this.pipelines[i];
-      const entries = [{ binding: 0, resource: { buffer: uniforms, offset: g * UNIFORM_STRIDE, size: UNIFORM_STRIDE } },
-        ...dispatch[1].map((ref, j) => ({ binding: j + 1, resource: { buffer: ref === "act" ? buffer : this.resolve(ref) } }))];
-      return [pipeline, this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries })];
+      return [this.pipelines[i], this.bindGroup(i, uniforms, g * UNIFORM_STRIDE, buffer)];
     });
     const out = { rows: storageBuffer(this.device, capacity * dataWords * 4), scales: storageBuffer(this.device, capacity * scales * 4) };
     this.prefill = { capacity, buffer, uniforms, rowsAt, scalesAt, dataBytes: dataWords * 4, scales, out, groups };
