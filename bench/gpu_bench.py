@@ -170,9 +170,8 @@ def browser(a) -> None:
         warm = page("warm", prompt_tokens=contexts[0], max_new_tokens=tokens)
         ttft = page("prompt", prompt_tokens=a.prompt, max_new_tokens=8)
         long = {n: page(f"context{n}", prompt_tokens=n, max_new_tokens=tokens) for n in contexts[1:]}
-        # the same long prompt in the short chunks that work around SwiftShader's flash-attention bug: equal tokens
-        # mean the long unclipped chunks are computed right on this GPU
-        check = page("short_chunks", prompt_tokens=contexts[-1], max_new_tokens=8, prefill_limit="31")
+        # the same long prompt in short chunks: equal tokens mean the chunks' attention masks agree on this GPU
+        check = page("short_chunks", prompt_tokens=contexts[-1], max_new_tokens=8, prefill_chunk="64")
         same = check["output_ids"] == long[contexts[-1]]["output_ids"][:8]
     decode = {n: long[n]["tokens_per_s"] for n in contexts[1:]}
     decode[contexts[0]] = warm["tokens_per_s"]
@@ -225,7 +224,6 @@ def native(a) -> None:
         model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m, provider="webgpu"), prefill_chunk=512)
         load = time.perf_counter() - t
         model.generator.stop_token_ids = []
-        model.engine.backend.causal_prefill_limit = None  # measured right on this GPU (webgpu_gqa_check.py)
         greedy = SamplingSettings(temperature=0)
         out = {"load_s": round(load, 2), "decode_tokens_per_s": {}, "prefill_tokens_per_s": {}}
         vocab = model.tokenizer.vocab_size
@@ -302,7 +300,7 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=PROMPT)
     p.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS)
     p.add_argument("--page-params", type=lambda t: dict(kv.split("=") for kv in t.split("&")), default={},
-                   help="extra page parameters for every browser run, e.g. 'prefill_limit=0&prefill_chunk=1024'")
+                   help="extra page parameters for every browser run, e.g. 'prefill_chunk=1024&warm=0'")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     {"prepare": prepare, "browser": browser, "pages": pages, "native": native, "torch": torch_reference, "bandwidth": bandwidth}[a.command](a)

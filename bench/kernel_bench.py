@@ -61,19 +61,20 @@ def arg_max(copies: int):
     return nodes, [], {"x": (F32, [1, VOCAB])}, {f"i{i}": (I64, [1, 1]) for i in range(copies)}
 
 
-def gqa(head: int, past: int, copies: int):
-    """Decode attention over `past` cached positions; the cache is one buffer written in place (as in the step graph)."""
-    cache = [1, 1, past + 64, head]
-    ins = {"q": (F32, [1, 1, HEADS * head]), "k": (F32, [1, 1, head]), "v": (F32, [1, 1, head]),
+def gqa(head: int, past: int, copies: int, rows: int = 1, window: int = -1):
+    """Attention of `rows` new positions after `past` cached ones. One row (decode): the cache is one buffer written
+    in place (as in the step graph). More (a prefill chunk, as in the prefill graph): the present is past + rows."""
+    cache = [1, 1, past + 64 if rows == 1 else past, head]
+    ins = {"q": (F32, [1, rows, HEADS * head]), "k": (F32, [1, rows, head]), "v": (F32, [1, rows, head]),
            "pk": (F32, cache), "pv": (F32, cache), "sl": (I32, [1]), "tl": (I32, [])}
     nodes, outs = [], {}
     for i in range(copies):
         nodes.append(helper.make_node("GroupQueryAttention", ["q", "k", "v", "pk", "pv", "sl", "tl"],
                                       [f"y{i}", f"pk{i}", f"pv{i}"], domain="com.microsoft", num_heads=HEADS,
-                                      kv_num_heads=1, scale=1.0))
-        outs[f"y{i}"] = (F32, [1, 1, HEADS * head])
-        outs[f"pk{i}"] = ("pk", cache)  # bound to the input's buffer
-        outs[f"pv{i}"] = ("pv", cache)
+                                      kv_num_heads=1, scale=1.0, local_window_size=window))
+        outs[f"y{i}"] = (F32, [1, rows, HEADS * head])
+        for name in ("pk", "pv"):
+            outs[f"{name}{i}"] = (name, cache) if rows == 1 else (F32, [1, 1, past + rows, head])  # decode: in place
     return nodes, [], ins, outs
 
 
@@ -94,9 +95,10 @@ def add(copies: int):
 
 
 def sequence_values(ins: dict) -> dict[str, int]:
-    """seqlens_k and total_sequence_length for a token after the cache's `past` positions (see gqa)."""
-    past = ins["pk"][1][2] - 64
-    return {"sl": past, "tl": past + 1}
+    """seqlens_k and total_sequence_length for the new rows after the cache's `past` positions (see gqa)."""
+    rows = ins["q"][1][1]
+    total = (ins["pk"][1][2] - 64 if rows == 1 else ins["pk"][1][2]) + rows
+    return {"sl": total - 1, "tl": total}
 
 
 CASES = {
@@ -120,6 +122,12 @@ CASES = {
     "ArgMax of 262144": arg_max,
     "GQA decode head 256, 512 past": lambda r: gqa(256, 512, r),
     "GQA decode head 512, 4096 past": lambda r: gqa(512, 4096, r),
+    # prefill attention as the exporter wrote it until the thirteenth session (E2B's sliding and global heads): a
+    # 512-row chunk, alone and after a window of cache, and a 2,048-row one (33 copies of larger ones exhaust memory)
+    "GQA prefill head 256, 512 rows, window 512": lambda r: gqa(256, 0, r, rows=512, window=512),
+    "GQA prefill head 512, 512 rows": lambda r: gqa(512, 0, r, rows=512),
+    "GQA prefill head 256, 512 rows after 512, window 512": lambda r: gqa(256, 512, r, rows=512, window=512),
+    "GQA prefill head 256, 2048 rows, window 512": lambda r: gqa(256, 0, r, rows=2048, window=512),
 }
 
 

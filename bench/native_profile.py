@@ -1,11 +1,15 @@
-"""Where a decode step's time goes on the GPU: the exported decoder through native Dawn (onnxruntime-ep-webgpu)
-with onnxruntime's profiler, and the same decode with MatMulNBits switched to its int8-activation kernels
-(accuracy_level 4), side by side.
+"""Where a decode step's or a prefill's time goes on the GPU: the exported decoder through native Dawn
+(onnxruntime-ep-webgpu) with onnxruntime's profiler, and the same decode with MatMulNBits switched to its
+int8-activation kernels (accuracy_level 4), side by side.
 
     python bench/native_profile.py MODEL_DIR [--tokens 32] [--prompt 128]
+    python bench/native_profile.py MODEL_DIR --prefill 512 [--runs 5]
 
 Prints decode tokens/s for both graphs and, from the profile of the first, the time per operator type (the
 profiler's kernel events; on the WebGPU EP they carry GPU timestamps where the adapter has timestamp queries).
+--prefill: the wall time of each run of one prefill chunk of that many tokens (the first builds the pipelines), and
+the last run's profile per operator type, once for the layers that own a cache (every position) and once for the
+KV-shared ones (the last position only).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import argparse
 import asyncio
 import collections
 import json
+import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,13 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.model_variants import with_accuracy_level  # noqa: E402
 
 
-def decode(model_dir: Path, prompt: int, tokens: int, profile: bool) -> tuple[float, Path | None]:
+def load(model_dir: Path, profile: bool):
+    """The model through native Dawn, its session's profiler on or off."""
     import onnxruntime as ort
 
     from webgemma.backends import ort_native
-    from webgemma.generation import GenerationSettings
     from webgemma.model import load_model
-    from webgemma.sampling import SamplingSettings
     from webgemma.storage_local import LocalStore
 
     original = ort.SessionOptions
@@ -37,15 +42,24 @@ def decode(model_dir: Path, prompt: int, tokens: int, profile: bool) -> tuple[fl
     def options():  # NativeBackend's options with the profiler switched on
         o = original()
         o.enable_profiling = profile
+        o.profile_file_prefix = "/tmp/webgemma_profile"
         return o
 
     ort.SessionOptions = options
     try:
-        model = asyncio.run(load_model(LocalStore(model_dir), lambda m: ort_native.NativeBackend(model_dir, m, provider="webgpu")))
+        model = asyncio.run(load_model(LocalStore(model_dir), lambda m: ort_native.NativeBackend(model_dir, m, provider="webgpu"),
+                                       prefill_chunk=1 << 16))
     finally:
         ort.SessionOptions = original
     model.generator.stop_token_ids = []
-    model.engine.backend.causal_prefill_limit = None
+    return model
+
+
+def decode(model_dir: Path, prompt: int, tokens: int, profile: bool) -> tuple[float, Path | None]:
+    from webgemma.generation import GenerationSettings
+    from webgemma.sampling import SamplingSettings
+
+    model = load(model_dir, profile)
     ids = [2] + [30 + (i * 7919) % 200000 for i in range(prompt - 1)]
     settings = GenerationSettings(max_new_tokens=tokens, sampling=SamplingSettings(temperature=0))
     asyncio.run(model.generator.generate(ids, settings))  # warm-up: shaders compiled
@@ -55,8 +69,35 @@ def decode(model_dir: Path, prompt: int, tokens: int, profile: bool) -> tuple[fl
     return r.stats["tokens_per_s"], path
 
 
-def summarize(profile: Path) -> None:
-    events = json.loads(profile.read_text())
+def prefill(model_dir: Path, n: int, runs: int) -> None:
+    """Wall time of `runs` prefills of one n-token chunk; the last one's profile, owned and shared layers apart."""
+    model = load(model_dir, profile=True)
+    engine = model.engine
+    ids = [2] + [30 + (i * 7919) % (model.manifest.arch["vocab_size"] - 30) for i in range(n - 1)]
+    walls = []
+    for _ in range(runs):
+        engine.reset()
+        t = time.perf_counter()
+        asyncio.run(engine.prefill(ids, top_k=True))
+        walls.append(round((time.perf_counter() - t) * 1000, 1))
+    print(f"prefill of {n} tokens, ms a run: {walls} ({n / min(walls) * 1000:.0f} tokens/s at best)")
+    events = json.loads(Path(engine.backend.session.end_profiling()).read_text())
+    runs_ = [e for e in events if e.get("name") == "model_run"]
+    start = runs_[-1]["ts"] if runs_ else 0
+    first_shared = model.manifest.arch["num_hidden_layers"] - model.manifest.arch.get("num_kv_shared_layers", 0)
+
+    def shared(event: dict) -> bool:
+        layer = re.search(r"layers\.(\d+)/", event.get("name", ""))
+        return layer is not None and int(layer[1]) >= first_shared
+
+    last = [e for e in events if e.get("ts", 0) >= start]
+    print(f"--- the last run, layers that own a cache (0..{first_shared - 1})")
+    summarize([e for e in last if not shared(e)])
+    print(f"--- the last run, KV-shared layers ({first_shared}..)")
+    summarize([e for e in last if shared(e)])
+
+
+def summarize(events: list[dict]) -> None:
     by = collections.defaultdict(lambda: [0.0, 0])
     for e in events:
         if e.get("ph") != "X" or "dur" not in e:
@@ -78,7 +119,11 @@ def main() -> None:
     p.add_argument("model", type=Path)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--prefill", type=int, default=0, help="profile the prefill of one chunk of this many tokens")
+    p.add_argument("--runs", type=int, default=5)
     a = p.parse_args()
+    if a.prefill:
+        return prefill(a.model, a.prefill, a.runs)
     speed, profile = decode(a.model, a.prompt, a.tokens, profile=True)
     print(f"int4 MatMulNBits (as exported): {speed:.1f} tokens/s with the profiler on")
     speed, _ = decode(a.model, a.prompt, a.tokens, profile=False)
@@ -86,7 +131,7 @@ def main() -> None:
     variant = with_accuracy_level(a.model, 4)
     speed, _ = decode(variant, a.prompt, a.tokens, profile=False)
     print(f"accuracy_level 4 (int8 activations): {speed:.1f} tokens/s")
-    summarize(profile)
+    summarize(json.loads(profile.read_text()))
     shutil.rmtree(variant.parent, ignore_errors=True)
 
 

@@ -101,7 +101,7 @@ def export(checkpoint_dir, out_dir, *, quant: str = "int4", block_size: int = 32
                 "inputs": {"input_ids": "input_ids", "per_layer_rows": "per_layer_rows",
                            "per_layer_scales": "per_layer_scales" if bits else None},
                 "rope": io.rope,
-                "kv_length": io.kv_length,
+                "positions": io.positions,
                 "cache": io.cache,
                 "logits": "logits",
                 "top_k": io.top_k,

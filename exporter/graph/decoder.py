@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import FULL, SLIDING
+from ..config import SLIDING
 from ..weights import Weights
-from .attention import KvLength, Rope, self_attention
+from .attention import Rope, kv_views, self_attention
 from .builder import GraphBuilder
 from .context import Context, Linear
 from .embedding import TiedEmbedding
@@ -36,7 +36,6 @@ from .norms import add_rms_norm, rms_norm
 from .per_layer import per_layer_inputs, per_layer_residual, split_per_layer, token_rows
 from .top_k import top_k
 
-SHARED_SLIDING = "shared_sliding_attention"  # a shared sliding layer's view: the source cache, at most one window
 TOP_K = 64  # Gemma's generation config samples from the 64 best tokens
 _END = np.iinfo(np.int64).max
 
@@ -47,7 +46,8 @@ class DecoderIO:
 
     top_k: dict = field(default_factory=dict)  # {"k", "values", "ids"}: the best logits, so a step reads 64, not 262k
     rope: dict[str, dict[str, str]] = field(default_factory=dict)  # layer type → {"cos", "sin"}
-    kv_length: dict[str, dict[str, str]] = field(default_factory=dict)  # view → {"seqlens_k", "total"}
+    # prefill graph: "query" → the chunk's positions input, layer type → its keys' positions input (the masks' sources)
+    positions: dict[str, str] = field(default_factory=dict)
     cache: list[dict] = field(default_factory=list)
     masks: dict[str, str] = field(default_factory=dict)  # step graph: layer type → additive mask input [1, slots]
 
@@ -70,15 +70,13 @@ def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, f
 
     ropes = {t: _rope_inputs(g, io, t, arch.head_dim[t]) for t in sorted(set(arch.layer_types))}
     if static_cache:  # a shared layer sees its source's slots, so one mask per layer type
-        views = {t: _mask_input(g, io, t) for t in sorted(set(arch.layer_types))}
-        views[SHARED_SLIDING] = views.get(SLIDING)
-    else:
-        views = {t: _length_inputs(g, io, t) for t in sorted(set(arch.layer_types[:first_shared]))}
-        if SLIDING in arch.layer_types[first_shared:]:
-            views[SHARED_SLIDING] = _length_inputs(g, io, SHARED_SLIDING)
+        masks = {t: _mask_input(g, io, t) for t in sorted(set(arch.layer_types))}
+    else:  # for the layers that own a cache; a shared layer's last position sees all of its source's keys
+        masks = _chunk_masks(g, io, arch, sorted(set(arch.layer_types[:first_shared])))
 
     ple_layers = split_per_layer(ctx, ple, range(0, arch.num_layers if static_cache else first_shared))
     cache_out: dict[int, tuple[str, ...]] = {}  # prefill: the presents; step: (caches..., new rows...)
+    shared_views: dict[int, tuple[str, str]] = {}
     for i in range(arch.num_layers):
         kind, shared = arch.layer_types[i], i >= first_shared
         if i == first_shared and not static_cache:  # one position already in the step graph
@@ -87,13 +85,17 @@ def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, f
                 ple_layers += split_per_layer(ctx, _last(g, ple, axis=1), range(first_shared, arch.num_layers))
                 ropes = {t: Rope(_last(g, r.cos, 0), _last(g, r.sin, 0)) for t, r in ropes.items()}
         with g.scope(f"layers.{i}"):
-            if shared:
-                past = cache_out[arch.kv_source[i]]
-                view = views[SHARED_SLIDING if kind == SLIDING else FULL]
-            else:
+            source = arch.kv_source[i]
+            if not shared:
                 past = _cache_inputs(g, io, arch, i)
-                view = views[kind]
-            h, present = _decoder_layer(ctx, h, i, ropes[kind], view, past, shared, ple_layers[i])
+            elif static_cache:
+                past = cache_out[source]
+            else:  # the source's present as attention operands, made once for all the layers sharing it
+                if source not in shared_views:
+                    shared_views[source] = kv_views(g, *cache_out[source], arch.num_kv_heads[kind], arch.head_dim[kind])
+                past = shared_views[source]
+            mask = None if shared and not static_cache else masks[kind]
+            h, present = _decoder_layer(ctx, h, i, ropes[kind], mask, past, shared, static_cache, ple_layers[i])
             if not shared:
                 rows = _cache_outputs(g, io, arch, i, present, step=static_cache)
                 cache_out[i] = (*past, *rows) if static_cache else rows
@@ -116,11 +118,12 @@ def build_decoder(arch, weights: Weights, linear: Linear, *, bits: int | None, f
     return g, io
 
 
-def _decoder_layer(ctx: Context, h: str, i: int, rope: Rope, view: KvLength | str, past, shared: bool, ple_i: str):
+def _decoder_layer(ctx: Context, h: str, i: int, rope: Rope, mask: str | None, past, shared: bool, step: bool,
+                   ple_i: str):
     a, g = ctx.arch, ctx.g
     pre, eps = f"layers.{i}.", a.rms_norm_eps
     x = rms_norm(g, h, ctx.small(pre + "input_layernorm.weight", (a.hidden_size,)), eps)
-    attn, *present = self_attention(ctx, x, i, rope, view, past, shared)
+    attn, *present = self_attention(ctx, x, i, rope, mask, past, shared, step)
     attn = rms_norm(g, attn, ctx.small(pre + "post_attention_layernorm.weight", (a.hidden_size,)), eps)
     x, h = add_rms_norm(g, attn, h, ctx.small(pre + "pre_feedforward_layernorm.weight", (a.hidden_size,)), eps)
     y = rms_norm(g, mlp(ctx, x, i), ctx.small(pre + "post_feedforward_layernorm.weight", (a.hidden_size,)), eps)
@@ -140,12 +143,22 @@ def _rope_inputs(g: GraphBuilder, io: DecoderIO, kind: str, head_dim: int) -> Ro
     return Rope(names["cos"], names["sin"])
 
 
-def _length_inputs(g: GraphBuilder, io: DecoderIO, view: str) -> KvLength:
-    names = {"seqlens_k": f"seqlens_k.{view}", "total": f"total_sequence_length.{view}"}
-    g.input(names["seqlens_k"], np.int32, [1])
-    g.input(names["total"], np.int32, [])
-    io.kv_length[view] = names
-    return KvLength(names["seqlens_k"], names["total"])
+def _chunk_masks(g: GraphBuilder, io: DecoderIO, arch, kinds: list[str]) -> dict[str, str]:
+    """Additive masks [chunk, keys] per layer type, from the absolute positions of the chunk's tokens and of the
+    type's keys (its cache's, then the chunk's; float32, exact): 0 where the key is visible (not after the query and,
+    in a sliding layer, fewer than `sliding_window` positions before it), -1e9 or less elsewhere."""
+    io.positions["query"] = g.input("positions", np.float32, ["sequence"])
+    queries = g.op("Reshape", [io.positions["query"], g.const([-1, 1])])
+    masks = {}
+    for kind in kinds:
+        io.positions[kind] = g.input(f"key_positions.{kind}", np.float32, [f"keys.{kind}"])
+        ahead = g.op("Sub", [io.positions[kind], queries])  # > 0 for a key after its query
+        hidden = g.op("Relu", [ahead])
+        if kind == SLIDING:  # > 0 for a key `sliding_window` or more positions before its query
+            too_old = g.op("Sub", [g.const(np.float32(1 - arch.sliding_window), np.float32), ahead])
+            hidden = g.op("Add", [hidden, g.op("Relu", [too_old])])
+        masks[kind] = g.op("Mul", [hidden, g.const(np.float32(-1e9), np.float32)])
+    return masks
 
 
 def _mask_input(g: GraphBuilder, io: DecoderIO, kind: str) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 
 from .backends import Backend
 from .kernel_plan import MAX_STOPS
-from .manifest import FULL, SHARED_SLIDING, SLIDING, Manifest
+from .manifest import SLIDING, Manifest
 from .per_layer_rows import PerLayerRows
 from .rope import rope_tables
 from .sampling import Sampler, SamplingSettings
@@ -66,8 +66,6 @@ class Engine:
         self.manifest, self.backend, self.rows = manifest, backend, rows
         arch, self.io = manifest.arch, manifest.decoder
         self.window = int(arch["sliding_window"])
-        # flash attention (head size ≤ 256) runs the global layers; larger heads take another, correct, kernel
-        self.flash_global = any(arch["head_dim"][t] <= 256 for t in set(arch["layer_types"]) if t == FULL)
         self.inv_freq = {t: np.asarray(v, np.float32) for t, v in arch["rope_inv_freq"].items()}
         self.prefill_chunk = prefill_chunk
         self.max_context = min(max_context or manifest.max_context, manifest.max_context)
@@ -98,7 +96,7 @@ class Engine:
         returned)."""
         async def run() -> None:
             try:
-                await self._run([0] * self._chunk(0, min(self.prefill_chunk, self.max_context - 1)), top_k=True)
+                await self._run([0] * min(self.prefill_chunk, self.max_context - 1), top_k=True)
             finally:
                 self.reset()
         self.warming = asyncio.ensure_future(run())
@@ -113,7 +111,7 @@ class Engine:
                 warnings.warn(f"the prefill graph's warm-up failed: {warming.exception()}", RuntimeWarning, stacklevel=2)
 
     def reset(self) -> None:
-        """Forget the cache: zero-length past tensors (always fed, never omitted: see DESIGN.md on GQA)."""
+        """Forget the cache: zero-length past tensors (the prefill graph appends a chunk's rows to them)."""
         self._release(self.cache)
         self.cache = {}
         for c in self.io["cache"]:
@@ -127,10 +125,17 @@ class Engine:
             if not isinstance(handle, np.ndarray):  # device tensors; the initial empty pasts are numpy
                 self.backend.release(handle)
 
-    def _lengths(self, start: int, count: int) -> dict[str, int]:
-        """Key-sequence length each attention view sees for a chunk of `count` tokens after `start` cached ones."""
-        sliding = min(start, self.window) + count
-        return {FULL: start + count, SLIDING: sliding, SHARED_SLIDING: min(sliding, self.window)}
+    def _position_feeds(self, start: int, count: int) -> dict[str, np.ndarray]:
+        """The positions the prefill graph's attention masks come from, for a chunk of `count` tokens after `start`
+        cached ones: the chunk's, and per layer type its keys' (the cache's, a sliding layer's at most the window
+        before the chunk, then the chunk's)."""
+        names = self.io["positions"]
+        feeds = {names["query"]: np.arange(start, start + count, dtype=np.float32)}
+        for kind, name in names.items():
+            if kind != "query":
+                feeds[name] = np.arange(start - min(start, self.window) if kind == SLIDING else 0, start + count,
+                                        dtype=np.float32)
+        return feeds
 
     async def _token_feeds(self, ids: list[int], rows: bool = True) -> dict[str, np.ndarray]:
         """input ids, table rows (unless `rows` is false) and RoPE tables for `ids` following the cached tokens."""
@@ -247,7 +252,7 @@ class Engine:
         t0 = time.perf_counter()
         feeds = await self._token_feeds(ids)
         t1 = time.perf_counter()
-        feeds |= _length_feeds(self.io, self._lengths(start, count))
+        feeds |= self._position_feeds(start, count)
         feeds.update(self.cache)
         top = self.io["top_k"]
         host = [top["values"], top["ids"]] if top_k else [self.io["logits"]]
@@ -294,20 +299,11 @@ class Engine:
                 scores = await self._step(token)
             return scores, reused
         while new:
-            n = self._chunk(len(self.tokens), len(new))
-            then = new[n:n + self._chunk(len(self.tokens) + n, len(new) - n)] if n < len(new) else []
+            n = min(self.prefill_chunk, len(new))
+            then = new[n:n + self.prefill_chunk]
             scores = await self._run(new[:n], top_k=top_k or n < len(new), then=then)  # only the last chunk's are read
             new = new[n:]
         return scores, reused
-
-    def _chunk(self, start: int, remaining: int) -> int:
-        """Tokens for the next prefill run: `prefill_chunk`, unless the backend's attention is wrong for long
-        unclipped chunks (see Backend.causal_prefill_limit) and this chunk would be one: every sliding layer's
-        window must then cut keys off (its cache is full) and no global layer may use flash attention."""
-        n = min(self.prefill_chunk, remaining)
-        limit = getattr(self.backend, "causal_prefill_limit", None)
-        clipped = not self.flash_global and min(start, self.window) + n > self.window
-        return min(n, limit) if limit and not clipped else n
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingSettings, *, max_new_tokens: int, stop_ids,
                        on_token: Callable[[int], Awaitable[bool] | bool] | None = None) -> GenerationResult:
@@ -382,11 +378,3 @@ def _timers() -> dict:
     """Seconds reading table rows and in run(); runs, and those whose rows came from the table on the GPU."""
     return {"rows": 0.0, "run": 0.0, "steps": 0, "gpu_rows": 0}
 
-
-def _length_feeds(io: dict, lengths: dict[str, int]) -> dict[str, np.ndarray]:
-    """GQA's seqlens_k and total_sequence_length inputs for the key-sequence length each attention view sees."""
-    feeds = {}
-    for view, names in io["kv_length"].items():
-        feeds[names["seqlens_k"]] = np.asarray([lengths[view] - 1], np.int32)
-        feeds[names["total"]] = np.asarray(lengths[view], np.int32)
-    return feeds

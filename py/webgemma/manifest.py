@@ -6,9 +6,8 @@ import json
 from dataclasses import dataclass
 
 FORMAT = "webgemma-model"
-FORMAT_VERSION = 1
-# attention views named in the manifest: layer types, and a shared sliding layer's view of its source cache
-FULL, SLIDING, SHARED_SLIDING = "full_attention", "sliding_attention", "shared_sliding_attention"
+FORMAT_VERSION = 2
+FULL, SLIDING = "full_attention", "sliding_attention"  # the layer types
 
 
 class ManifestError(ValueError):

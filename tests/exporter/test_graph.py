@@ -21,9 +21,9 @@ from webgemma_export.export import export
 
 # Ops whose onnxruntime-web WebGPU kernels the design relies on (DESIGN.md); the browser tests check placement.
 WEBGPU_OPS = {
-    "MatMulNBits", "MatMul", "Gemm", "GatherBlockQuantized", "Gather", "GroupQueryAttention", "RotaryEmbedding",
-    "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "Gelu", "Mul", "Add", "Div", "Tanh",
-    "Reshape", "Slice", "Split", "Concat", "Cast", "TopK", "GatherElements", "Softmax", "ReduceSum", "Transpose",
+    "MatMulNBits", "MatMul", "Gemm", "GatherBlockQuantized", "Gather", "RotaryEmbedding", "SimplifiedLayerNormalization",
+    "SkipSimplifiedLayerNormalization", "Gelu", "Mul", "Add", "Sub", "Relu", "Div", "Tanh", "Reshape", "Slice", "Split",
+    "Concat", "Cast", "TopK", "GatherElements", "Softmax", "ReduceSum", "Transpose",
 }
 SCHEMA = json.loads((Path(webgemma.__file__).parent / "manifest.schema.json").read_text())
 
@@ -73,12 +73,11 @@ def test_step_graph_shares_the_weights_and_fixes_its_shapes(model):
     decoder = onnx.load(model / "decoder.onnx", load_external_data=False).graph
     step = onnx.load(model / "decoder_step.onnx", load_external_data=False).graph
     assert {n.op_type for n in step.node} <= WEBGPU_OPS
-    # masks instead of lengths, and no GroupQueryAttention: under graph capture it dispatches indirectly
-    lengths = {n for view in m["decoder"]["kv_length"].values() for n in view.values()}
+    # mask inputs instead of the positions the prefill graph builds its masks from
+    positions = set(m["decoder"]["positions"].values())
     masks = m["decoder"]["step_graph"]["masks"]
-    assert {i.name for i in step.input} == {i.name for i in decoder.input} - lengths | set(masks.values())
+    assert {i.name for i in step.input} == {i.name for i in decoder.input} - positions | set(masks.values())
     assert sorted(masks) == sorted(set(m["architecture"]["layer_types"]))
-    assert not any(n.op_type == "GroupQueryAttention" for n in step.node)
     assert {o.name for o in step.output} == {o.name for o in decoder.output} - {"logits"}
     ids = next(i for i in step.input if i.name == "input_ids")
     assert [d.dim_value for d in ids.type.tensor_type.shape.dim] == [1, 1]

@@ -53,12 +53,3 @@ def test_browser_modules_import_under_cpython():
         browser.set_status("x")
     assert ModelFile.of({"path": "a.bin", "bytes": 3, "sha256": "AB"}) == ModelFile("a.bin", 3, "ab")
     assert Progress("download", "a.bin", 50, 200, 1.0, 3.0).percent == 25.0
-
-
-def test_short_prefill_chunks_only_where_long_ones_are_not_known_right():
-    from webgemma.backends.ort_web import causal_prefill_limit
-
-    assert causal_prefill_limit({"vendor": "google", "architecture": "swiftshader"}) == 31  # measured wrong
-    assert causal_prefill_limit({"vendor": "nvidia", "architecture": "hopper"}) is None  # measured right
-    assert causal_prefill_limit({"vendor": "apple", "architecture": "metal-3"}) == 31  # not measured
-    assert causal_prefill_limit(None) is None  # the wasm EP

@@ -148,14 +148,27 @@ def test_steps_queued_past_a_stop_token_leave_the_cache_as_it_was(sites, offline
     assert chained["then_output_ids"] == stepped["then_output_ids"]
 
 
+def test_e4b_layout_generates_the_cli_tokens_on_webgpu(tmp_path_factory, serve_dir, offline_context):
+    """E4B's layout (two key/value heads a layer, which the prefill graph's attention regroups unlike E2B's one) in
+    prefill runs on WebGPU, across the sliding window: the CLI's tokens."""
+    base = tmp_path_factory.mktemp("e4b")
+    model = export(make_checkpoint(base / "checkpoint", kind="e4b"), base / "fp32", quant="fp32", log=lambda _: None)
+    site = serve_dir(build_site(model, base / "site"))
+    context, _ = offline_context(site.url)
+    result = run_page(context.new_page(), site, backend="webgpu", max_new_tokens=WEBGPU_TOKENS, capture="0")
+    expected = cli_json(model, WEBGPU_TOKENS)
+    assert result.get("error") is None, result
+    assert (result["prompt_ids"], result["output_ids"]) == (expected["prompt_ids"], expected["output_ids"])
+
+
 def test_prompts_read_their_rows_from_the_table_on_the_gpu(sites, offline_context):
     """Once the per-layer table is on the GPU a prefill gathers its tokens' rows there: a follow-up longer than the
     step session takes is prefilled anew, in several chunks, to the same tokens as with rows read from storage."""
     _, site = sites["int4"]
     context, _ = offline_context(site.url)
     then = " and then the story went on" * 6
-    gpu, storage = [run_page(context.new_page(), site, backend="webgpu", max_new_tokens=4, then=then, **variant)
-                    for variant in ({"wait_table": "1"}, {"gpu_table": "0"})]
+    gpu, storage = [run_page(context.new_page(), site, backend="webgpu", max_new_tokens=4, then=then, prefill_chunk=16,
+                             **variant) for variant in ({"wait_table": "1"}, {"gpu_table": "0"})]
     assert gpu.get("error") is None and storage.get("error") is None, (gpu, storage)
     assert gpu["then_reused_tokens"] == 0 and gpu["then_prefill_ms"]["gpu_rows"] >= 2, gpu
     assert storage["then_prefill_ms"]["gpu_rows"] == 0 and gpu["prefill_ms"]["gpu_rows"] >= 1

@@ -8,8 +8,7 @@ min_p=M repetition_penalty=R seed=S raw=1 system=TEXT thinking=1 autorun=1 backe
 verbose=1 (record onnxruntime's node placement) prefill_chunk=N; for benchmarks prompt_tokens=N (a synthetic raw
 prompt of N token ids), ignore_stop=1 (generate max_new_tokens whatever is sampled), stop_ids=A,B (these stop token
 ids instead of the model's), then=TEXT (after the first reply, generate again from the prompt, the reply and TEXT:
-a follow-up that reuses the cache; its tokens in `then_output_ids`) and prefill_limit=N|0 (override
-the backend's causal_prefill_limit; 0 lifts it), capture=0 (decode without the graph-captured step session),
+a follow-up that reuses the cache; its tokens in `then_output_ids`), capture=0 (decode without the graph-captured step session),
 step=graph (decode through the graph-captured step graph, not the hand-written WebGPU kernels of
 webgemma.kernel_plan), kernel_lanes=8|16|...|256 (every kernel matvec's lanes per row), kernel_subgroups=0 (the
 kernels add through workgroup memory, not by subgroup operations, where the device has subgroups), profile=1 (the kernels' GPU
@@ -242,8 +241,6 @@ async def start(site: dict, env: dict, params: dict) -> None:
         table_on_gpu=params.get("gpu_table") != "0", warm_up=params.get("warm") != "0")
     load_ms = (time.perf_counter() - t0) * 1000
     ready_ms = browser.page_time_ms()
-    if "prefill_limit" in params:
-        backend.causal_prefill_limit = int(params["prefill_limit"]) or None
     download.set(hidden=True)
     if report.refetched:
         browser.show_notice(f"Damaged model files were found in the browser's storage and downloaded again: "

@@ -17,10 +17,6 @@ class Backend(Protocol):
     """
 
     name: str  # what really runs the graph: "cpu", "webgpu" or "wasm"
-    # Longest prefill chunk whose attention is right when no sliding window clips it (None: any length).
-    # onnxruntime-web 1.30's WebGPU flash-attention prefill is wrong from 32 tokens up for head sizes ≤ 256
-    # unless the window clips keys (measured on SwiftShader; see engine.Engine._chunk).
-    causal_prefill_limit: int | None
 
     async def run(self, feeds: dict[str, np.ndarray | Any], host_outputs: list[str]) -> dict[str, np.ndarray | Any]: ...
 

@@ -12,8 +12,6 @@ from ..static_cache import step_caches
 
 
 class NativeBackend:
-    causal_prefill_limit = None
-
     def __init__(self, model_dir: Path, manifest, threads: int = 0, provider: str = "cpu"):
         import onnxruntime as ort  # CPython only; the browser never imports this module
 
@@ -24,7 +22,6 @@ class NativeBackend:
         if provider == "webgpu":
             options.add_provider_for_devices([_webgpu_device(ort)], {})
             providers = None
-            self.causal_prefill_limit = 31  # the same kernels as the browser's: see webgemma.backends.Backend
         elif provider != "cpu":
             raise ValueError(f"provider must be 'cpu' or 'webgpu', not {provider!r}")
         self.name = provider

@@ -78,15 +78,6 @@ async def pick_ep(prefer: str = "auto") -> tuple[str, str | None, dict | None]:
     return "wasm", WASM_NOTICE, None
 
 
-def causal_prefill_limit(adapter: dict | None) -> int | None:
-    """See webgemma.backends.Backend.causal_prefill_limit. onnxruntime-web 1.30's flash-attention prefill was measured
-    wrong on SwiftShader and right on NVIDIA (H100/H200, bench/webgpu_gqa_check.py and the browser benchmark);
-    adapters not measured keep the short chunks that are right everywhere."""
-    if adapter is None or adapter.get("vendor") == "nvidia":
-        return None
-    return 31
-
-
 class OrtWebBackend:
     """`Backend` over an onnxruntime-web InferenceSession (see webgemma.backends.Backend)."""
 
@@ -99,7 +90,6 @@ class OrtWebBackend:
         self.name = name  # "webgpu" or "wasm"
         self.notice = notice  # why wasm was chosen, when it was chosen for want of WebGPU
         self.adapter = adapter  # the WebGPU adapter's vendor, architecture, limits (None on wasm)
-        self.causal_prefill_limit = causal_prefill_limit(adapter)
         self.host_outputs = list(host_outputs)
         self.input_names = session.input_names
         self.output_names = session.output_names
