@@ -40,6 +40,11 @@ PROMPT = 512  # prefill speed and time to first token
 DECODE_TOKENS = 128
 
 
+def synthetic_prompt(n: int, vocab: int) -> list[int]:
+    """n token ids spread over the vocabulary after <bos> (2): the native runs' prompt."""
+    return [2] + [30 + (i * 7919) % (vocab - 30) for i in range(n - 1)]
+
+
 def results_path(a) -> Path:
     return Path(a.results or Path(os.environ.get("OUT", ".")) / "results.json")
 
@@ -228,7 +233,7 @@ def native(a) -> None:
         out = {"load_s": round(load, 2), "decode_tokens_per_s": {}, "prefill_tokens_per_s": {}}
         vocab = model.tokenizer.vocab_size
         for n in sorted({a.prompt, *a.contexts}):
-            ids = [2] + [30 + (i * 7919) % (vocab - 30) for i in range(n - 1)]
+            ids = synthetic_prompt(n, vocab)
             model.engine.reset()
             r = await model.generator.generate(ids, GenerationSettings(max_new_tokens=a.decode_tokens, sampling=greedy))
             if n in a.contexts:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.gpu_bench import synthetic_prompt  # noqa: E402
 from bench.model_variants import with_accuracy_level  # noqa: E402
 
 
@@ -73,7 +74,7 @@ def prefill(model_dir: Path, n: int, runs: int) -> None:
     """Wall time of `runs` prefills of one n-token chunk; the last one's profile, owned and shared layers apart."""
     model = load(model_dir, profile=True)
     engine = model.engine
-    ids = [2] + [30 + (i * 7919) % (model.manifest.arch["vocab_size"] - 30) for i in range(n - 1)]
+    ids = synthetic_prompt(n, model.manifest.arch["vocab_size"])
     walls = []
     for _ in range(runs):
         engine.reset()

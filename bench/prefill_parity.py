@@ -37,11 +37,12 @@ def main() -> None:
     p.add_argument("--tokens", nargs="+", type=int, default=[512, 1536])
     p.add_argument("--chunk", type=int, default=512)
     a = p.parse_args()
+    from bench.gpu_bench import synthetic_prompt
     from webgemma.manifest import parse_manifest
 
     vocab = parse_manifest((a.model / "manifest.json").read_text()).arch["vocab_size"]
     for n in a.tokens:
-        ids = [2] + [30 + (i * 7919) % (vocab - 30) for i in range(n - 1)]
+        ids = synthetic_prompt(n, vocab)
         cpu, gpu = (last_logits(a.model, provider, ids, a.chunk) for provider in ("cpu", "webgpu"))
         top_cpu, top_gpu = (set(np.argsort(x)[-64:].tolist()) for x in (cpu, gpu))
         print(f"{n} tokens (chunks of {a.chunk}): max |Δlogit| / range {np.abs(cpu - gpu).max() / np.ptp(cpu):.2e}, "

@@ -377,4 +377,3 @@ class Engine:
 def _timers() -> dict:
     """Seconds reading table rows and in run(); runs, and those whose rows came from the table on the GPU."""
     return {"rows": 0.0, "run": 0.0, "steps": 0, "gpu_rows": 0}
-

@@ -149,8 +149,8 @@ def test_steps_queued_past_a_stop_token_leave_the_cache_as_it_was(sites, offline
 
 
 def test_e4b_layout_generates_the_cli_tokens_on_webgpu(tmp_path_factory, serve_dir, offline_context):
-    """E4B's layout (two key/value heads a layer, which the prefill graph's attention regroups unlike E2B's one) in
-    prefill runs on WebGPU, across the sliding window: the CLI's tokens."""
+    """E4B's layout (two key/value heads a layer, which the prefill graph's attention regroups unlike E2B's one):
+    onnxruntime-web's WebGPU kernels give the CLI's tokens in prefill runs across the sliding window."""
     base = tmp_path_factory.mktemp("e4b")
     model = export(make_checkpoint(base / "checkpoint", kind="e4b"), base / "fp32", quant="fp32", log=lambda _: None)
     site = serve_dir(build_site(model, base / "site"))

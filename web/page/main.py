@@ -8,13 +8,13 @@ min_p=M repetition_penalty=R seed=S raw=1 system=TEXT thinking=1 autorun=1 backe
 verbose=1 (record onnxruntime's node placement) prefill_chunk=N; for benchmarks prompt_tokens=N (a synthetic raw
 prompt of N token ids), ignore_stop=1 (generate max_new_tokens whatever is sampled), stop_ids=A,B (these stop token
 ids instead of the model's), then=TEXT (after the first reply, generate again from the prompt, the reply and TEXT:
-a follow-up that reuses the cache; its tokens in `then_output_ids`), capture=0 (decode without the graph-captured step session),
-step=graph (decode through the graph-captured step graph, not the hand-written WebGPU kernels of
+a follow-up that reuses the cache; its tokens in `then_output_ids`), capture=0 (decode without the graph-captured
+step session), step=graph (decode through the graph-captured step graph, not the hand-written WebGPU kernels of
 webgemma.kernel_plan), kernel_lanes=8|16|...|256 (every kernel matvec's lanes per row), kernel_subgroups=0 (the
-kernels add through workgroup memory, not by subgroup operations, where the device has subgroups), profile=1 (the kernels' GPU
-time by kind in `kernel_profile_ms`, and each step's in `step_times.gpu_ms`), encode_ahead=0 (encode each kernel
-step's commands once its inputs are known, not during the step before), submits=N (an unchained kernel step's pass
-in N submits; 4 by default, chained steps go in one),
+kernels add through workgroup memory, not by subgroup operations, where the device has subgroups), profile=1 (the
+kernels' GPU time by kind in `kernel_profile_ms`, and each step's in `step_times.gpu_ms`), encode_ahead=0 (encode
+each kernel step's commands once its inputs are known, not during the step before), submits=N (an unchained kernel
+step's pass in N submits; 4 by default, chained steps go in one),
 repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`),
 think_ms=N (wait N ms after loading before the prompt, as a reader typing it would), wait_copies=1 (the per-layer
 table's copies in OPFS ready before the prompt; `copies` says where rows were read), wait_table=1 (the kernels' per-layer
