@@ -138,6 +138,7 @@ def chromium_pages(a):
         t = time.perf_counter()
         result = cdp_result(port, base + "?" + urlencode(query), a.cdp, timeout=a.timeout)
         result["wall_s"] = round(time.perf_counter() - t, 2)
+        result["started"] = round(time.time() - result["wall_s"], 2)  # to match with a clock log (nvidia-smi)
         runs[name] = result
         print(name, json.dumps({k: v for k, v in result.items() if k not in ("prompt_ids", "output_ids", "text")}), flush=True)
         if "error" in result:
@@ -163,7 +164,7 @@ def pages(a) -> None:
             key = query if a.queries.count(query) == 1 else f"{query} #{a.queries[:i + 1].count(query)}"
             out[key] = {k: r.get(k) for k in ("tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "load_ms", "ms_per_step",
                                               "step_times", "graph_capture", "load_phases_ms", "prefill_ms", "repeats", "step", "kernel_profile_ms", "chained", "table", "table_wait_ms", "copies",
-                                              "ready_ms", "ort_start_ms", "wall_s")} | {
+                                              "ready_ms", "ort_start_ms", "wall_s", "started")} | {
                 "first_tokens": r["output_ids"][:16], "peak_gpu_mib": sampler.gpu_mib}
             record(a, f"{a.kind}/pages", out)  # after each page: a run cut short keeps what it measured
 
@@ -226,7 +227,7 @@ def native(a) -> None:
 
     async def run():
         t = time.perf_counter()
-        model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m, provider="webgpu"), prefill_chunk=512)
+        model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m, provider="webgpu"), prefill_chunk=a.prefill_chunk)
         load = time.perf_counter() - t
         model.generator.stop_token_ids = []
         greedy = SamplingSettings(temperature=0)
@@ -304,6 +305,7 @@ def main() -> None:
     p.add_argument("--contexts", nargs="+", type=int, default=list(CONTEXTS))
     p.add_argument("--prompt", type=int, default=PROMPT)
     p.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS)
+    p.add_argument("--prefill-chunk", type=int, default=1024, help="native: the prefill's chunk length (the page's: web_model.PREFILL_CHUNK)")
     p.add_argument("--page-params", type=lambda t: dict(kv.split("=") for kv in t.split("&")), default={},
                    help="extra page parameters for every browser run, e.g. 'prefill_chunk=1024&warm=0'")
     a = p.parse_args()

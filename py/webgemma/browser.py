@@ -611,6 +611,11 @@ class JsStepSession:
         await self._s.release()
 
 
+async def keep_gpu_warm(ort: Any, seconds: float) -> None:
+    """One workgroup busy on onnxruntime-web's GPU device for `seconds` from now (0: stop): ort_bridge.mjs keepWarm."""
+    (await _import(ORT_BRIDGE)).keepWarm(ort, seconds * 1000)
+
+
 async def ort_step_session(ort: Any, model: bytes, weights: Any, options: dict, spec: dict) -> JsStepSession:
     """A StepSession (graph capture on) over `model`, whose weights are inputs fed with `weights`
     (WeightBuffers.feeds); `spec` names its fixed cache and output buffers."""

@@ -312,6 +312,7 @@ class Engine:
         sampler, stop_ids = Sampler(sampling), set(stop_ids)
         top_k = not sampler.needs_all_logits(self.io["top_k"]["k"])
         t0 = time.perf_counter()
+        await self.backend.keep_warm(0)  # the prompt's own work keeps the GPU busy now
         await self._warmed()  # counted in the time to the first token: the prompt waits for it
         self._restart_timing()  # the prompt's own: not what an earlier turn's decoding left or the warm-up
         scores, reused = await self.prefill(result.prompt_ids, top_k)

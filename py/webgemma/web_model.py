@@ -16,11 +16,15 @@ from .model import Model, load_model
 from .storage_web import EnsureReport, Progress, WebModelStore
 
 
+# a prompt's tokens per prefill run: longer chunks run faster (fewer runs: onnxruntime-web's CPU side is paid per run)
+# and hold more GPU memory while they run (onnxruntime keeps freed buffers up to 160 MiB for reuse); E2B on an H200,
+# a 4,096-token prompt: 512 → 5,200 tokens/s, 3.9 GiB; 1,024 → 6,700, 4.1 GiB; 2,048 → 8,200, 6.1 GiB (BENCHMARKS.md)
+PREFILL_CHUNK = 1024
 STEP_CONTEXT = 8192  # default context of the step session's fixed caches (E2B: 16 MiB per global layer's K or V)
 
 
 async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Callable[[Progress], None] | None = None,
-                         reverify: bool = False, verbose_log: bool = False, prefill_chunk: int = 256,
+                         reverify: bool = False, verbose_log: bool = False, prefill_chunk: int = PREFILL_CHUNK,
                          max_context: int | None = None, capture: bool = True, kernels: bool = True,
                          kernel_options: dict | None = None, table_on_gpu: bool = True, warm_up: bool = True,
                          ) -> tuple[Model, OrtWebBackend, EnsureReport]:

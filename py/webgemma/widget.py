@@ -371,6 +371,8 @@ class ChatBox:
         if event.key == "Enter" and not event.shiftKey and not event.isComposing:
             event.preventDefault()
             self.el["form"].submit()
+        elif self.backend is not None and not self.shared.lock.locked():  # no box is generating
+            asyncio.ensure_future(self.backend.keep_warm())
 
     def on_box_key(self, event: Any) -> None:
         if event.key == "Escape" and self.busy:

@@ -15,7 +15,8 @@ kernels add through workgroup memory, not by subgroup operations, where the devi
 kernels' GPU time by kind in `kernel_profile_ms`, and each step's in `step_times.gpu_ms`), encode_ahead=0 (encode
 each kernel step's commands once its inputs are known, not during the step before), submits=N (an unchained kernel
 step's pass in N submits; 4 by default, chained steps go in one),
-repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`),
+repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`), gap_ms=N
+(wait N ms before each repeat), typing=1 (keystrokes every 200 ms while waiting think_ms or gap_ms),
 think_ms=N (wait N ms after loading before the prompt, as a reader typing it would), wait_copies=1 (the per-layer
 table's copies in OPFS ready before the prompt; `copies` says where rows were read), wait_table=1 (the kernels' per-layer
 table on the GPU before the prompt, so that their steps chain; `table` says where it is), chain=N (N kernel steps, at
@@ -42,7 +43,7 @@ from webgemma.engine import ContextLimitError
 from webgemma.generation import GenerationSettings
 from webgemma.sampling import SamplingSettings
 from webgemma.storage_web import describe_progress
-from webgemma.web_model import open_web_model
+from webgemma.web_model import PREFILL_CHUNK, open_web_model
 
 
 async def environment() -> dict:
@@ -116,6 +117,8 @@ class ChatPage:
         if event.key == "Enter" and not event.shiftKey and not event.isComposing:
             event.preventDefault()
             self.el["composer"].submit()
+        elif not self.busy:
+            asyncio.ensure_future(self.backend.keep_warm())
 
     async def on_submit(self, _event) -> None:
         text = self.el["prompt"].value
@@ -165,8 +168,17 @@ def synthetic_prompt(model, length: int, variant: int = 0) -> list[int]:
     return [model.tokenizer.token_to_id("<bos>")] + [first + (i * 7919 + variant * 104729) % span for i in range(length - 1)]
 
 
+async def pause(page: ChatPage, params: dict, ms: int) -> None:
+    """Waits `ms`; with typing=1 as a reader typing the next prompt would: a keystroke every 200 ms."""
+    end = time.perf_counter() + ms / 1000
+    while (left := end - time.perf_counter()) > 0:
+        if params.get("typing") == "1":
+            await page.backend.keep_warm()
+        await asyncio.sleep(min(left, 0.2))
+
+
 async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str, ready_ms: float) -> None:
-    await asyncio.sleep(int(params.get("think_ms", 0)) / 1000)
+    await pause(page, params, int(params.get("think_ms", 0)))
     store = page.model.engine.rows.store
     if params.get("wait_copies") == "1" and store.copying:
         await store.copying
@@ -195,6 +207,7 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str, re
     s = outcome.stats
     repeats = []  # the same length again, other tokens: what the first prompt paid once (e.g. shader compiles)
     for variant in range(1, int(params.get("repeat", 1)) if "prompt_tokens" in params else 0):
+        await pause(page, params, int(params.get("gap_ms", 0)))
         again = await model.generator.generate(synthetic_prompt(model, len(ids), variant), page.settings())
         repeats.append({k: again.stats[k] for k in ("ttft_ms", "tokens_per_s", "prefill_tokens_per_s", "prefill_ms")})
     then = {}
@@ -234,7 +247,7 @@ async def start(site: dict, env: dict, params: dict) -> None:
         params.get("model") or site["model_url"], ep=params.get("backend", "auto"), on_progress=on_progress,
         reverify=params.get("verify") == "1", verbose_log=params.get("verbose") == "1",
         max_context=int(params["max_context"]) if "max_context" in params else None,
-        prefill_chunk=int(params.get("prefill_chunk", 512)), capture=params.get("capture") != "0",
+        prefill_chunk=int(params.get("prefill_chunk", PREFILL_CHUNK)), capture=params.get("capture") != "0",
         kernels=params.get("step") != "graph",
         kernel_options={name: int(params["kernel_" + name]) for name in ("lanes", "subgroups")
                         if "kernel_" + name in params},

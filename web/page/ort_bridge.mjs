@@ -83,6 +83,47 @@ export const storageBuffer = (device, bytes) => device.createBuffer({
   usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
 });
 
+// GPUs lower their clocks ~1.5 s after their last work and need ~0.3 s of work to raise them again: on an H200 a
+// 512-token prefill took 60 ms back to back and 200 ms after 3 s idle, natively too (BENCHMARKS.md). While someone
+// types a prompt (keepWarm on each keystroke), one workgroup spins, so that the prompt finds the clocks up; a
+// prompt stops it (ms = 0) before its own work, which the spin would delay.
+const SPIN = `@group(0) @binding(0) var<storage, read_write> sink: array<f32, 64>;
+@compute @workgroup_size(64) fn main(@builtin(local_invocation_index) i: u32) {
+  var x = f32(i);
+  for (var k = 0u; k < 262144u; k++) { x = fma(x, 0.9999, 1.0); }  // ~0.5 ms at an H200's full clock
+  sink[i] = x;
+}`;
+export const warmth = { until: 0, spinning: null, dispatches: 0 };
+
+export function keepWarm(ort, ms) {
+  warmth.until = performance.now() + ms;
+  if (ms > 0) warmth.spinning ??= spin(ort).finally(() => { warmth.spinning = null; });
+}
+
+let spinner = null;  // {pipeline, group}: made once, reused by every later burst of typing
+
+async function spin(ort) {
+  const device = await ort.env.webgpu.device;
+  if (!spinner) {
+    const pipeline = await device.createComputePipelineAsync({
+      layout: "auto", compute: { module: device.createShaderModule({ code: SPIN }), entryPoint: "main" },
+    });
+    const entries = [{ binding: 0, resource: { buffer: storageBuffer(device, 256) } }];
+    spinner = { pipeline, group: device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries }) };
+  }
+  while (performance.now() < warmth.until) {
+    const encoder = device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    pass.setPipeline(spinner.pipeline);
+    pass.setBindGroup(0, spinner.group);
+    pass.dispatchWorkgroups(1);
+    pass.end();
+    device.queue.submit([encoder.finish()]);
+    warmth.dispatches += 1;
+    await device.queue.onSubmittedWorkDone();
+  }
+}
+
 // Weights as graph inputs (webgemma.onnx_bytes): each is uploaded once and the same GPU buffer is fed to every
 // session. weights: [[file, offset, length]]; files: Map path → Blob or bytes; buffers: "file@offset" → GPUBuffer,
 // the map of earlier uploads, extended. The buffers exist when this returns, so sessions can be created and run

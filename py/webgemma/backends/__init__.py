@@ -23,4 +23,7 @@ class Backend(Protocol):
     def release(self, handle: Any) -> None:
         """Frees a device handle that will not be fed again."""
 
+    async def keep_warm(self, seconds: float) -> None:
+        """Keeps the device's clocks up for `seconds` from now (0: stop): someone is typing the next prompt."""
+
     def close(self) -> None: ...

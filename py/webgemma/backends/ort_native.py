@@ -69,6 +69,9 @@ class NativeBackend:
             raise ValueError("the native step session runs on the CPU EP only")
         return NativeStepSession(self._ort, Path(model_dir) / manifest.decoder["step_graph"]["path"], manifest, context)
 
+    async def keep_warm(self, seconds: float) -> None:
+        pass  # no prompt box is typed in: the CLI and the benchmarks send their prompts at once
+
     def close(self) -> None:
         self.session = None
 
