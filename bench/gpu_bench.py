@@ -222,12 +222,14 @@ def native(a) -> None:
     from webgemma.model import load_model
     from webgemma.sampling import SamplingSettings
     from webgemma.storage_local import LocalStore
+    from webgemma.web_model import default_prefill_chunk
 
     model_dir = a.work / f"{a.kind}-int4"
 
     async def run():
         t = time.perf_counter()
-        model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m, provider="webgpu"), prefill_chunk=a.prefill_chunk)
+        model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m, provider="webgpu"))
+        model.engine.prefill_chunk = a.prefill_chunk or default_prefill_chunk(model.manifest.arch)
         load = time.perf_counter() - t
         model.generator.stop_token_ids = []
         greedy = SamplingSettings(temperature=0)
@@ -305,7 +307,8 @@ def main() -> None:
     p.add_argument("--contexts", nargs="+", type=int, default=list(CONTEXTS))
     p.add_argument("--prompt", type=int, default=PROMPT)
     p.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS)
-    p.add_argument("--prefill-chunk", type=int, default=1024, help="native: the prefill's chunk length (the page's: web_model.PREFILL_CHUNK)")
+    p.add_argument("--prefill-chunk", type=int, help="native: the prefill's chunk length (default: the page's, "
+                   "web_model.default_prefill_chunk)")
     p.add_argument("--page-params", type=lambda t: dict(kv.split("=") for kv in t.split("&")), default={},
                    help="extra page parameters for every browser run, e.g. 'prefill_chunk=1024&warm=0'")
     a = p.parse_args()

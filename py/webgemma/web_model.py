@@ -16,21 +16,26 @@ from .model import Model, load_model
 from .storage_web import EnsureReport, Progress, WebModelStore
 
 
-# a prompt's tokens per prefill run: longer chunks run faster (fewer runs: onnxruntime-web's CPU side is paid per run)
-# and hold more GPU memory while they run (onnxruntime keeps freed buffers up to 160 MiB for reuse); E2B on an H200,
-# a 4,096-token prompt: 512 → 5,200 tokens/s, 3.9 GiB; 1,024 → 6,700, 4.1 GiB; 2,048 → 8,200, 6.1 GiB (BENCHMARKS.md)
-PREFILL_CHUNK = 1024
 STEP_CONTEXT = 8192  # default context of the step session's fixed caches (E2B: 16 MiB per global layer's K or V)
 
 
+def default_prefill_chunk(arch: dict) -> int:
+    """A prompt's tokens per prefill run. Longer runs pay onnxruntime-web's fixed cost per run (~40 ms in the page) less
+    often and hold more GPU memory while they run (it keeps freed buffers of up to 160 MiB, six per size): E2B on an
+    H200, a 4,096-token prompt in chunks of 512 → 5,200 tokens/s, 3.9 GiB; 1,024 → 6,700, 4.1 GiB; 2,048 → 8,200,
+    6.1 GiB. E4B's runs are long already: 1,024 was no faster than 512 and held 0.8 GiB more (BENCHMARKS.md)."""
+    return 1024 if arch["hidden_size"] <= 2048 else 512
+
+
 async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Callable[[Progress], None] | None = None,
-                         reverify: bool = False, verbose_log: bool = False, prefill_chunk: int = PREFILL_CHUNK,
+                         reverify: bool = False, verbose_log: bool = False, prefill_chunk: int | None = None,
                          max_context: int | None = None, capture: bool = True, kernels: bool = True,
                          kernel_options: dict | None = None, table_on_gpu: bool = True, warm_up: bool = True,
                          ) -> tuple[Model, OrtWebBackend, EnsureReport]:
     """The model at `model_url` (a folder written by `webgemma export`), ready to generate, and what the store
     did to get its files (downloaded, refetched after a failed check).
 
+    prefill_chunk: a prompt's tokens per prefill run (default: `default_prefill_chunk`).
     reverify: hash files already verified on an earlier visit again (otherwise a cached file is trusted when
     it was stored by this store after passing its check and still has its size).
     capture: on WebGPU, decode one token at a time through fixed caches (webgemma.static_cache), sharing the
@@ -58,7 +63,8 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
         # constant folding would materialise the Reshape of the shared embedding: a second copy of 200+ MiB
         graph_optimization="disabled", verbose_log=verbose_log, shared_weights=capture, laps=phase,
     )
-    model = await load_model(store, lambda _: backend, prefill_chunk=prefill_chunk, max_context=max_context)
+    model = await load_model(store, lambda _: backend, prefill_chunk=prefill_chunk or default_prefill_chunk(manifest.arch),
+                             max_context=max_context)
     phase("tokenizer")
     if capture and backend.name == "webgpu":
         step_graph = await store.read(manifest.decoder["step_graph"]["path"])

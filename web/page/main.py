@@ -43,7 +43,7 @@ from webgemma.engine import ContextLimitError
 from webgemma.generation import GenerationSettings
 from webgemma.sampling import SamplingSettings
 from webgemma.storage_web import describe_progress
-from webgemma.web_model import PREFILL_CHUNK, open_web_model
+from webgemma.web_model import open_web_model
 
 
 async def environment() -> dict:
@@ -247,7 +247,8 @@ async def start(site: dict, env: dict, params: dict) -> None:
         params.get("model") or site["model_url"], ep=params.get("backend", "auto"), on_progress=on_progress,
         reverify=params.get("verify") == "1", verbose_log=params.get("verbose") == "1",
         max_context=int(params["max_context"]) if "max_context" in params else None,
-        prefill_chunk=int(params.get("prefill_chunk", PREFILL_CHUNK)), capture=params.get("capture") != "0",
+        prefill_chunk=int(params["prefill_chunk"]) if "prefill_chunk" in params else None,
+        capture=params.get("capture") != "0",
         kernels=params.get("step") != "graph",
         kernel_options={name: int(params["kernel_" + name]) for name in ("lanes", "subgroups")
                         if "kernel_" + name in params},
