@@ -97,7 +97,8 @@ export const warmth = { until: 0, spinning: null, dispatches: 0 };
 
 export function keepWarm(ort, ms) {
   warmth.until = performance.now() + ms;
-  if (ms > 0) warmth.spinning ??= spin(ort).finally(() => { warmth.spinning = null; });
+  // best effort: a spin that fails (the device lost) must not break the page; the prompt's own run reports that
+  if (ms > 0) warmth.spinning ??= spin(ort).catch(() => {}).finally(() => { warmth.spinning = null; });
 }
 
 let spinner = null;  // {pipeline, group}: made once, reused by every later burst of typing
