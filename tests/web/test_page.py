@@ -14,6 +14,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from tests.support.checkpoints import make_checkpoint, write_tokenizer
+from tests.support.warmth import wait_for_spin, warmth
 from webgemma_export.export import export
 from webgemma_site.build import build_site
 
@@ -250,12 +251,7 @@ def test_prompt_past_the_context_limit_gets_a_message(sites, offline_context):
     assert page.is_enabled("#prompt")  # the page stays usable
 
 
-BRIDGE = "import(new URL('ort_bridge.mjs', location.href))"
-
-
-def warmth(page) -> dict:
-    """ort_bridge.mjs keepWarm's state: its dispatches so far, whether it spins now."""
-    return page.evaluate(BRIDGE + ".then(({warmth}) => ({dispatches: warmth.dispatches, spinning: warmth.spinning !== null}))")
+BRIDGE = "import(new URL('ort_bridge.mjs', location.href))"  # the module as the page imported it
 
 
 @pytest.mark.parametrize("backend", ["wasm", "webgpu"])
@@ -267,14 +263,12 @@ def test_chat_turns_by_keyboard_reuse_the_cache_and_stop_works(sites, offline_co
     page.wait_for_selector("#prompt:not([disabled])", timeout=RESULT_TIMEOUT_MS)
     page.focus("#prompt")
     page.keyboard.type("First question")
-    for _ in range(100 if backend == "webgpu" else 0):  # keystrokes keep the GPU's clocks up (ort_bridge.mjs keepWarm)
-        if warmth(page)["dispatches"]:
-            break
-        page.wait_for_timeout(100)
+    if backend == "webgpu":  # keystrokes keep the GPU's clocks up
+        wait_for_spin(page, BRIDGE)
     page.evaluate(BRIDGE + ".then(({warmth}) => { warmth.until += 600_000; })")  # as if typing went on and on
     page.keyboard.press("Enter")
     page.wait_for_function("document.querySelectorAll('.message.model').length == 1 && !document.querySelector('#send').disabled")
-    spun = warmth(page)
+    spun = warmth(page, BRIDGE)
     assert not spun["spinning"], "the prompt stops the spin"  # its own work keeps the GPU busy
     assert (spun["dispatches"] > 0) == (backend == "webgpu"), spun
     page.fill("#prompt", "Second question")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.warmth import wait_for_spin
 from webgemma_site.build import build_site
 from webgemma_site.serve import SiteHandler
 
@@ -392,13 +393,8 @@ def test_webgpu_generation_through_the_widget(plain_site, model, offline_context
     start(page)
     ready(page)
     page.locator("webgemma-chat textarea").press_sequentially("Hi")  # keystrokes keep the GPU's clocks up
-    bridge = "import(document.querySelector('script[src$=\"widget.mjs\"]').src.replace('widget.mjs', 'ort_bridge.mjs'))"
-    for _ in range(100):
-        if page.evaluate(bridge + ".then(({warmth}) => warmth.dispatches)"):
-            break
-        page.wait_for_timeout(100)
-    else:
-        raise AssertionError("typing in the box did not keep the GPU busy (ort_bridge.mjs keepWarm)")
+    assets = "document.querySelector('script[src$=\"widget.mjs\"]').src.replace('widget.mjs', '')"
+    wait_for_spin(page, f"import({assets} + 'ort_bridge.mjs')")
     ask(page, 0, "Hello there")
     reply = replies(page, 1)[0]
     expected = cli(model, "Hello there", WEBGPU_TOKENS)
