@@ -126,7 +126,8 @@ def chromium_pages(a):
     shutil.rmtree(profile, ignore_errors=True)
     # cdp.py opens pages in new tabs, which Chromium would treat as background tabs and throttle
     flags = os.environ["CHROMIUM_GPU_FLAGS"].split() + [
-        "--disable-background-timer-throttling", "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows"]
+        "--disable-background-timer-throttling", "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows"
+    ] + a.chromium_flags
     chromium = subprocess.Popen([os.environ["CHROMIUM"], *flags, f"--remote-debugging-port={port}",
                                  f"--user-data-dir={profile}", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sampler = Sampler()
@@ -231,6 +232,7 @@ def native(a) -> None:
         model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m, provider="webgpu"))
         model.engine.prefill_chunk = a.prefill_chunk or default_prefill_chunk(model.manifest.arch)
         load = time.perf_counter() - t
+        await model.engine.warm_up()  # as the page does after loading: the first prompt finds the pipelines built
         model.generator.stop_token_ids = []
         greedy = SamplingSettings(temperature=0)
         out = {"load_s": round(load, 2), "decode_tokens_per_s": {}, "prefill_tokens_per_s": {}}
@@ -309,6 +311,8 @@ def main() -> None:
     p.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS)
     p.add_argument("--prefill-chunk", type=int, help="native: the prefill's chunk length (default: the page's, "
                    "web_model.default_prefill_chunk)")
+    p.add_argument("--chromium-flags", type=str.split, default=[], help="extra Chromium flags, for diagnostics, e.g. "
+                   "'--chromium-flags=--enable-dawn-features=disable_robustness' (BENCHMARKS.md, fifteenth session)")
     p.add_argument("--page-params", type=lambda t: dict(kv.split("=") for kv in t.split("&")), default={},
                    help="extra page parameters for every browser run, e.g. 'prefill_chunk=1024&warm=0'")
     a = p.parse_args()

@@ -31,13 +31,15 @@ from .backends import Backend
 from .kernel_plan import MAX_STOPS
 from .manifest import SLIDING, Manifest
 from .per_layer_rows import PerLayerRows
-from .rope import rope_tables
+from .rope import RopeRows
 from .sampling import Sampler, SamplingSettings
 from .static_cache import StaticDecoder, StepSession
 
 STEP_PREFILL_MAX = 32  # a follow-up prompt this short is fed through the step graph; a longer one is prefilled anew
 CHAIN_DEPTH = 4  # steps queued on the GPU at once when the session chains them (E2B: 299 tokens/s, 295 with 3)
 MAX_CHAIN_DEPTH = 4  # kernel_step.mjs STAGING: its read-back buffers
+ROPE_AHEAD = 4096  # positions whose RoPE rows are computed after the warm-up (E2B: 12 MB), ROPE_SLICE at a time
+ROPE_SLICE = 256
 
 
 class ContextLimitError(ValueError):
@@ -66,7 +68,7 @@ class Engine:
         self.manifest, self.backend, self.rows = manifest, backend, rows
         arch, self.io = manifest.arch, manifest.decoder
         self.window = int(arch["sliding_window"])
-        self.inv_freq = {t: np.asarray(v, np.float32) for t, v in arch["rope_inv_freq"].items()}
+        self.rope = {t: RopeRows(np.asarray(v, np.float32)) for t, v in arch["rope_inv_freq"].items()}
         self.prefill_chunk = prefill_chunk
         self.max_context = min(max_context or manifest.max_context, manifest.max_context)
         self.tokens: list[int] = []
@@ -77,6 +79,7 @@ class Engine:
         self.on_static = False  # the cache lives in the step session's buffers
         self.chain_depth = CHAIN_DEPTH  # 0: never chain steps (benchmarks: sampling in Python)
         self.warming: asyncio.Future | None = None  # the prefill graph's throwaway run (`warm_up`)
+        self.rope_ahead: asyncio.Future | None = None  # the RoPE rows computed after it
         self.reset()
 
     def use_step_session(self, session: StepSession) -> None:
@@ -93,14 +96,23 @@ class Engine:
         """Runs the prefill graph once, in the background, on a chunk of throwaway tokens, then forgets them: its
         first run builds the backend's GPU pipelines (onnxruntime-web: ~0.3 s of a first 512-token prompt's ~0.45 s
         on an H100, BENCHMARKS.md), which a prompt then finds ready. The next prompt waits for it (the future
-        returned)."""
+        returned), not for the RoPE rows of the first ROPE_AHEAD positions, computed after it (`rope_ahead`)."""
         async def run() -> None:
             try:
                 await self._run([0] * min(self.prefill_chunk, self.max_context - 1), top_k=True)
             finally:
                 self.reset()
+            self.rope_ahead = asyncio.ensure_future(self._rope_ahead(min(ROPE_AHEAD, self.max_context)))
         self.warming = asyncio.ensure_future(run())
         return self.warming
+
+    async def _rope_ahead(self, end: int) -> None:
+        """Computes the RoPE rows of positions below `end` in slices, between other work: a long first prompt then
+        finds them (see RopeRows)."""
+        for rope in self.rope.values():
+            while rope.count < end:
+                rope.rows(rope.count, min(ROPE_SLICE, end - rope.count))
+                await asyncio.sleep(0)
 
     async def _warmed(self) -> None:
         """Waits for the warm-up. Its failure is not the prompt's: the prompt's own runs show a real problem."""
@@ -140,7 +152,7 @@ class Engine:
     async def _token_feeds(self, ids: list[int], rows: bool = True) -> dict[str, np.ndarray]:
         """input ids, table rows (unless `rows` is false) and RoPE tables for `ids` following the cached tokens."""
         feeds = {self.io["inputs"]["input_ids"]: np.asarray([ids], np.int64), **(await self._row_feeds(ids) if rows else {})}
-        return feeds | self._rope_feeds(np.arange(len(self.tokens), len(self.tokens) + len(ids)))
+        return feeds | self._rope_feeds(len(self.tokens), len(ids))
 
     def _gpu_rows(self) -> bool:
         """Whether a prefill's rows come from the per-layer table on the GPU (the step session holds it)."""
@@ -153,10 +165,10 @@ class Engine:
         rows, scales = self.static.session.prefill_rows(ids)
         return {self.rows.rows_name: rows, self.rows.scales_name: scales}
 
-    def _rope_feeds(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+    def _rope_feeds(self, start: int, count: int) -> dict[str, np.ndarray]:
         feeds = {}
         for kind, names in self.io["rope"].items():
-            feeds[names["cos"]], feeds[names["sin"]] = rope_tables(self.inv_freq[kind], positions)
+            feeds[names["cos"]], feeds[names["sin"]] = self.rope[kind].rows(start, count)
         return feeds
 
     async def _to_static(self) -> None:
@@ -202,7 +214,7 @@ class Engine:
         pending: deque[Awaitable] = deque()
 
         def queue(first: int | None) -> None:
-            feeds = self._rope_feeds(np.arange(self.static.length, self.static.length + 1))
+            feeds = self._rope_feeds(self.static.length, 1)
             feeds[self.io["inputs"]["input_ids"]] = np.asarray([[first or 0]], np.int64)
             feeds["sample"] = np.asarray([sampler.rng.random(), *params], np.float32)
             feeds["stops"] = stops

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from webgemma.backends.ort_native import NativeBackend
-from webgemma.engine import ContextLimitError
+from webgemma.engine import ROPE_AHEAD, ContextLimitError
 from webgemma.generation import GenerationSettings
 from webgemma.model import load_model
 from webgemma.sampling import SamplingSettings
@@ -106,10 +106,12 @@ def test_warm_up_runs_a_throwaway_chunk_that_the_next_prompt_waits_for_and_never
         engine.backend.run = counted
         engine.warm_up()  # not awaited: the prompt waits for it
         result = await model.generator.generate(model.encode_raw(PROMPT), settings)
+        await engine.rope_ahead
         return engine, fed, result
 
     engine, fed, warm = asyncio.run(run())
     assert fed[0] == 16 and engine.warming is None  # one full chunk, finished before the prompt's runs
+    assert {r.count for r in engine.rope.values()} == {min(ROPE_AHEAD, engine.max_context)}  # then the RoPE rows
     assert warm.output_ids == cold.output_ids and warm.stats["reused_tokens"] == 0
 
 

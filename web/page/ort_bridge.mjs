@@ -86,13 +86,16 @@ export const storageBuffer = (device, bytes) => device.createBuffer({
 // GPUs lower their clocks ~1.5 s after their last work and need ~0.3 s of work to raise them again: on an H200 a
 // 512-token prefill took 60 ms back to back and 200 ms after 3 s idle, natively too (BENCHMARKS.md). While someone
 // types a prompt (keepWarm on each keystroke), one workgroup spins, so that the prompt finds the clocks up; a
-// prompt stops it (ms = 0) before its own work, which the spin would delay.
+// prompt stops it (ms = 0) before its own work, which waits for at most SPIN_DEPTH spins. The GPU must stay busy,
+// not just woken: one spin at a time, resubmitted once done, kept it 25% busy and its clock sank (1,980 → 1,260 MHz
+// in 3 s); SPIN_DEPTH spins queued cover the ~2 ms each takes to come back to this thread.
 const SPIN = `@group(0) @binding(0) var<storage, read_write> sink: array<f32, 64>;
 @compute @workgroup_size(64) fn main(@builtin(local_invocation_index) i: u32) {
   var x = f32(i);
   for (var k = 0u; k < 262144u; k++) { x = fma(x, 0.9999, 1.0); }  // ~0.5 ms at an H200's full clock
   sink[i] = x;
 }`;
+const SPIN_DEPTH = 6;
 export const warmth = { until: 0, spinning: null, dispatches: 0 };
 
 export function keepWarm(ort, ms) {
@@ -112,6 +115,7 @@ async function spin(ort) {
     const entries = [{ binding: 0, resource: { buffer: storageBuffer(device, 256) } }];
     spinner = { pipeline, group: device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries }) };
   }
+  const queued = [];  // each spin's "done", oldest first
   while (performance.now() < warmth.until) {
     const encoder = device.createCommandEncoder();
     const pass = encoder.beginComputePass();
@@ -121,8 +125,10 @@ async function spin(ort) {
     pass.end();
     device.queue.submit([encoder.finish()]);
     warmth.dispatches += 1;
-    await device.queue.onSubmittedWorkDone();
+    queued.push(device.queue.onSubmittedWorkDone());
+    if (queued.length >= SPIN_DEPTH) await queued.shift();
   }
+  await Promise.all(queued);
 }
 
 // Weights as graph inputs (webgemma.onnx_bytes): each is uploaded once and the same GPU buffer is fed to every
