@@ -61,7 +61,7 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     backend = await OrtWebBackend.create(
         graph, external, host_outputs=[manifest.decoder["logits"]], ep=ep,
         # constant folding would materialise the Reshape of the shared embedding: a second copy of 200+ MiB; the
-        # other optimizations (onnxruntime's q, k, v fusion) made no prompt faster and session creation 0.6 s slower
+        # other optimizations (onnxruntime's q, k, v fusion) made no prompt faster and session creation ~0.5 s slower
         graph_optimization="disabled", verbose_log=verbose_log, shared_weights=capture, laps=phase,
     )
     model = await load_model(store, lambda _: backend, prefill_chunk=prefill_chunk or default_prefill_chunk(manifest.arch),

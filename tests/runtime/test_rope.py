@@ -1,3 +1,5 @@
+"""RoPE rows kept per position (webgemma.rope.RopeRows): equal to tables computed afresh, whatever the order asked."""
+
 import numpy as np
 
 from webgemma.rope import RopeRows, rope_tables
