@@ -20,10 +20,11 @@ STEP_CONTEXT = 8192  # default context of the step session's fixed caches (E2B: 
 
 
 def default_prefill_chunk(arch: dict) -> int:
-    """A prompt's tokens per prefill run. Longer runs pay onnxruntime-web's fixed cost per run (~40 ms in the page) less
-    often and hold more GPU memory while they run (it keeps freed buffers of up to 160 MiB, six per size): E2B on an
-    H200, a 4,096-token prompt in chunks of 512 → 5,200 tokens/s, 3.9 GiB; 1,024 → 6,700, 4.1 GiB; 2,048 → 8,200,
-    6.1 GiB. E4B's runs are long already: 1,024 was no faster than 512 and held 0.8 GiB more (BENCHMARKS.md)."""
+    """A prompt's tokens per prefill run. Longer runs pay the page's fixed cost per run (a warm run ~15-20 ms over
+    native Dawn's: Chromium's per-dispatch cost and shader robustness) less often and hold more GPU memory while they
+    run (onnxruntime-web keeps freed buffers of up to 160 MiB, six per size): E2B on an H200, a 4,096-token prompt in
+    chunks of 512 → 5,200 tokens/s, 3.9 GiB; 1,024 → 6,700, 4.1 GiB; 2,048 → 8,200, 6.1 GiB. E4B's runs are long
+    already: 1,024 was no faster than 512 and held 0.8 GiB more (BENCHMARKS.md)."""
     return 1024 if arch["hidden_size"] <= 2048 else 512
 
 
