@@ -3,14 +3,15 @@
 int8-activation kernels (accuracy_level 4), side by side.
 
     python bench/native_profile.py MODEL_DIR [--tokens 32] [--prompt 128]
-    python bench/native_profile.py MODEL_DIR --prefill 512 [--runs 5] [--idle 3]
+    python bench/native_profile.py MODEL_DIR --prefill 512 [--runs 5] [--idle 3] [--grow 8]
 
 Prints decode tokens/s for both graphs and, from the profile of the first, the time per operator type (the
 profiler's kernel events; on the WebGPU EP they carry GPU timestamps where the adapter has timestamp queries).
 --prefill: the wall time of each run of one prefill chunk of that many tokens (the first builds the pipelines), and
 the last run's profile per operator type, once for the layers that own a cache (every position) and once for the
 KV-shared ones (the last position only). --idle S: S seconds with the GPU idle before each run after the first (does
-idleness slow the next run, as it does in Chromium?).
+idleness slow the next run, as it does in Chromium?). --grow N: each run's prompt N tokens longer than the one before
+(as real prompts come: does a length not run before cost more?).
 """
 
 from __future__ import annotations
@@ -71,20 +72,21 @@ def decode(model_dir: Path, prompt: int, tokens: int, profile: bool) -> tuple[fl
     return r.stats["tokens_per_s"], path
 
 
-def prefill(model_dir: Path, n: int, runs: int, idle: float) -> None:
-    """Wall time of `runs` prefills of one n-token chunk, `idle` seconds apart; the last one's profile, owned and
-    shared layers apart."""
+def prefill(model_dir: Path, n: int, runs: int, idle: float, grow: int) -> None:
+    """Wall time of `runs` prefills of one n-token chunk (each `grow` tokens longer than the one before), `idle`
+    seconds apart; the last one's profile, owned and shared layers apart."""
     model = load(model_dir, profile=True)
     engine = model.engine
-    ids = synthetic_prompt(n, model.manifest.arch["vocab_size"])
     walls = []
     for run in range(runs):
+        ids = synthetic_prompt(n + run * grow, model.manifest.arch["vocab_size"])
         engine.reset()
         time.sleep(idle if run else 0)
         t = time.perf_counter()
         asyncio.run(engine.prefill(ids, top_k=True))
         walls.append(round((time.perf_counter() - t) * 1000, 1))
-    print(f"prefill of {n} tokens, ms a run: {walls} ({n / min(walls) * 1000:.0f} tokens/s at best)")
+    lengths = f"{n}..{n + (runs - 1) * grow}" if grow else f"{n}"
+    print(f"prefill of {lengths} tokens, ms a run: {walls} ({n / min(walls) * 1000:.0f} tokens/s at best)")
     events = json.loads(Path(engine.backend.session.end_profiling()).read_text())
     runs_ = [e for e in events if e.get("name") == "model_run"]
     start = runs_[-1]["ts"] if runs_ else 0
@@ -126,9 +128,10 @@ def main() -> None:
     p.add_argument("--prefill", type=int, default=0, help="profile the prefill of one chunk of this many tokens")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--idle", type=float, default=0, help="--prefill: seconds idle before each run after the first")
+    p.add_argument("--grow", type=int, default=0, help="--prefill: each run's prompt this many tokens longer")
     a = p.parse_args()
     if a.prefill:
-        return prefill(a.model, a.prefill, a.runs, a.idle)
+        return prefill(a.model, a.prefill, a.runs, a.idle, a.grow)
     speed, profile = decode(a.model, a.prompt, a.tokens, profile=True)
     print(f"int4 MatMulNBits (as exported): {speed:.1f} tokens/s with the profiler on")
     speed, _ = decode(a.model, a.prompt, a.tokens, profile=False)

@@ -267,6 +267,9 @@ class ChatBox:
         el["stats"] = box.add("p", cls="stats", aria_live="off")
         form.on("submit", self.on_submit, prevent_default=True)
         el["prompt"].on("keydown", self.on_prompt_key)
+        # the reader is about to ask: typing, pasting, or the pointer on its way to the prompt or to Send
+        el["prompt"].on("input", self.on_near)
+        form.on("pointerover", self.on_near)
         box.on("keydown", self.on_box_key)
         el["stop"].on("click", lambda _: self.stop())
         el["new"].on("click", lambda _: self.on_new_chat())
@@ -371,7 +374,9 @@ class ChatBox:
         if event.key == "Enter" and not event.shiftKey and not event.isComposing:
             event.preventDefault()
             self.el["form"].submit()
-        elif self.backend is not None and not self.shared.lock.locked():  # no box is generating
+
+    def on_near(self, _event: Any) -> None:
+        if self.backend is not None and not self.shared.lock.locked():  # no box is generating
             asyncio.ensure_future(self.backend.keep_warm())
 
     def on_box_key(self, event: Any) -> None:

@@ -90,20 +90,26 @@ def test_generation_stops_at_the_context_limit(model_dir):
     assert result.finish_reason == "context" and len(result.prompt_ids) + len(result.output_ids) == 24
 
 
+def count_tokens_fed(engine) -> list[int]:
+    """The tokens of each graph run of the engine's from now on (filled in as it runs)."""
+    fed, run_graph = [], engine.backend.run
+
+    async def counted(feeds, host_outputs):
+        fed.append(feeds[engine.io["inputs"]["input_ids"]].shape[1])
+        return await run_graph(feeds, host_outputs)
+
+    engine.backend.run = counted
+    return fed
+
+
 def test_warm_up_runs_a_throwaway_chunk_that_the_next_prompt_waits_for_and_never_sees(model_dir):
     settings = GenerationSettings(max_new_tokens=12, sampling=GREEDY)
     _, cold, _ = generate(model_dir, settings)
 
     async def run():
         model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m), prefill_chunk=16)
-        engine, fed = model.engine, []
-        run_graph = engine.backend.run
-
-        async def counted(feeds, host_outputs):
-            fed.append(feeds[engine.io["inputs"]["input_ids"]].shape[1])
-            return await run_graph(feeds, host_outputs)
-
-        engine.backend.run = counted
+        engine = model.engine
+        fed = count_tokens_fed(engine)
         engine.warm_up()  # not awaited: the prompt waits for it
         result = await model.generator.generate(model.encode_raw(PROMPT), settings)
         await engine.rope_ahead
@@ -113,6 +119,19 @@ def test_warm_up_runs_a_throwaway_chunk_that_the_next_prompt_waits_for_and_never
     assert fed[0] == 16 and engine.warming is None  # one full chunk, finished before the prompt's runs
     assert {r.count for r in engine.rope.values()} == {min(ROPE_AHEAD, engine.max_context)}  # then the RoPE rows
     assert warm.output_ids == cold.output_ids and warm.stats["reused_tokens"] == 0
+
+
+def test_a_short_rest_of_a_prompt_joins_its_last_prefill_run(model_dir):
+    # a run of a few tokens would cost a whole run's fixed time: up to 1.5 chunks go in one run
+    async def runs(length: int) -> list[int]:
+        model = await load_model(LocalStore(model_dir), lambda m: NativeBackend(model_dir, m), prefill_chunk=8)
+        fed = count_tokens_fed(model.engine)
+        ids = model.encode_raw(PROMPT * 8)[:length]
+        assert len(ids) == length
+        await model.engine.prefill(ids)
+        return fed
+
+    assert [asyncio.run(runs(n)) for n in (5, 12, 13, 20, 21)] == [[5], [12], [8, 5], [8, 12], [8, 8, 5]]
 
 
 def test_a_failed_warm_up_warns_and_leaves_the_prompt_to_run(model_dir):

@@ -185,14 +185,17 @@ def test_raw_prompt_matches_the_cli(sites, offline_context):
 
 
 def test_benchmark_prompts_of_an_exact_length_repeated(sites, offline_context):
-    # bench/gpu_bench.py's parameters: a synthetic prompt of N ids, more prompts of that length, a reader's pause
+    # bench/gpu_bench.py's parameters: a synthetic prompt of N ids, more prompts of that length or longer, a reader's
+    # pause with the pointer over the form at its end
     _, site = sites["int4"]
     context, _ = offline_context(site.url)
     result = run_page(context.new_page(), site, backend="wasm", prompt_tokens="40", max_new_tokens="3", repeat="3",
-                      think_ms="50", ignore_stop="1")
+                      grow="4", think_ms="50", gap_ms="300", near_ms="100", ignore_stop="1")
     assert result.get("error") is None, result
     assert len(result["prompt_ids"]) == 40 and len(set(result["prompt_ids"])) == 40 and len(result["output_ids"]) == 3
-    assert [sorted(r) for r in result["repeats"]] == [["prefill_ms", "prefill_tokens_per_s", "tokens_per_s", "ttft_ms"]] * 2
+    keys = ["prefill_ms", "prefill_tokens_per_s", "prompt_tokens", "tokens_per_s", "ttft_ms"]
+    assert [sorted(r) for r in result["repeats"]] == [keys] * 2
+    assert [r["prompt_tokens"] for r in result["repeats"]] == [44, 48]
     assert all(r["ttft_ms"] > 0 and r["prefill_ms"]["runs"] >= 1 for r in result["repeats"])
 
 
@@ -271,6 +274,9 @@ def test_chat_turns_by_keyboard_reuse_the_cache_and_stop_works(sites, offline_co
     spun = warmth(page, BRIDGE)
     assert not spun["spinning"], "the prompt stops the spin"  # its own work keeps the GPU busy
     assert (spun["dispatches"] > 0) == (backend == "webgpu"), spun
+    if backend == "webgpu":  # and so does the pointer on its way to Send
+        page.hover("#send")
+        wait_for_spin(page, BRIDGE, since=spun["dispatches"])
     page.fill("#prompt", "Second question")
     page.keyboard.press("Enter")
     page.wait_for_function("document.querySelectorAll('.message.model').length == 2 && !document.querySelector('#send').disabled")

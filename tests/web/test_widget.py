@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.warmth import wait_for_spin
+from tests.support.warmth import stop_spin, wait_for_spin
 from webgemma_site.build import build_site
 from webgemma_site.serve import SiteHandler
 
@@ -392,9 +392,13 @@ def test_webgpu_generation_through_the_widget(plain_site, model, offline_context
     configure(page, backend="webgpu", temperature=0, max_new_tokens=WEBGPU_TOKENS)
     start(page)
     ready(page)
-    page.locator("webgemma-chat textarea").press_sequentially("Hi")  # keystrokes keep the GPU's clocks up
     assets = "document.querySelector('script[src$=\"widget.mjs\"]').src.replace('widget.mjs', '')"
-    wait_for_spin(page, f"import({assets} + 'ort_bridge.mjs')")
+    bridge = f"import({assets} + 'ort_bridge.mjs')"
+    page.locator("webgemma-chat form textarea").hover()  # the pointer on its way keeps the GPU's clocks up
+    wait_for_spin(page, bridge)
+    spun = stop_spin(page, bridge)
+    page.locator("webgemma-chat textarea").press_sequentially("Hi")  # and so do keystrokes
+    wait_for_spin(page, bridge, since=spun)
     ask(page, 0, "Hello there")
     reply = replies(page, 1)[0]
     expected = cli(model, "Hello there", WEBGPU_TOKENS)

@@ -15,11 +15,12 @@ kernels add through workgroup memory, not by subgroup operations, where the devi
 kernels' GPU time by kind in `kernel_profile_ms`, and each step's in `step_times.gpu_ms`), encode_ahead=0 (encode
 each kernel step's commands once its inputs are known, not during the step before), submits=N (an unchained kernel
 step's pass in N submits; 4 by default, chained steps go in one),
-repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`), gap_ms=N
-(wait N ms before each repeat), typing=1 (keystrokes every 200 ms while waiting think_ms or gap_ms),
-think_ms=N (wait N ms after loading before the prompt, as a reader typing it would), wait_copies=1 (the per-layer
-table's copies in OPFS ready before the prompt; `copies` says where rows were read), wait_table=1 (the kernels' per-layer
-table on the GPU before the prompt, so that their steps chain; `table` says where it is), chain=N (N kernel steps, at
+repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`),
+grow=N (each repeat N tokens longer than the one before), gap_ms=N (wait N ms before each repeat), think_ms=N (wait
+N ms after loading before the prompt, as a reader typing it would), typing=1 (keystrokes every 200 ms while waiting
+think_ms or gap_ms), near_ms=N (the pointer over the prompt's form for the last N ms of think_ms or gap_ms),
+wait_copies=1 (the per-layer table's copies in OPFS ready before the prompt; `copies` says where rows were read),
+wait_table=1 (the kernels' per-layer table on the GPU before the prompt, so that their steps chain; `table` says where it is), chain=N (N kernel steps, at
 most 4, queued at once, each sampling the next one's token on the GPU; 0: one at a time, sampled in Python), gpu_table=0 (the
 kernels read each step's per-layer row from storage, never from the GPU), ort_start=0 (onnxruntime-web starts when
 the model loads, not while Python boots: boot.mjs), warm=0 (no throwaway prefill run after loading: the first prompt
@@ -76,6 +77,9 @@ class ChatPage:
         self.busy = False
         self.el["composer"].on("submit", self.on_submit, prevent_default=True)
         self.el["prompt"].on("keydown", self.on_key)
+        # the reader is about to send: typing, pasting, or the pointer on its way to the prompt or to Send
+        self.el["prompt"].on("input", self.on_near)
+        self.el["composer"].on("pointerover", self.on_near)
         self.el["stop"].on("click", lambda _: model.generator.cancel())
         self.el["new-chat"].on("click", lambda _: self.new_chat())
 
@@ -117,7 +121,9 @@ class ChatPage:
         if event.key == "Enter" and not event.shiftKey and not event.isComposing:
             event.preventDefault()
             self.el["composer"].submit()
-        elif not self.busy:
+
+    def on_near(self, _event) -> None:
+        if not self.busy:
             asyncio.ensure_future(self.backend.keep_warm())
 
     async def on_submit(self, _event) -> None:
@@ -169,12 +175,15 @@ def synthetic_prompt(model, length: int, variant: int = 0) -> list[int]:
 
 
 async def pause(page: ChatPage, params: dict, ms: int) -> None:
-    """Waits `ms`; with typing=1 as a reader typing the next prompt would: a keystroke every 200 ms."""
+    """Waits `ms` as a reader would before sending: with typing=1 a keystroke every 200 ms; with near_ms=N the
+    pointer over the prompt's form for the last N ms (ChatPage.on_near: keeps the GPU warm as keystrokes do)."""
+    near = min(ms, int(params.get("near_ms", 0))) / 1000
     end = time.perf_counter() + ms / 1000
     while (left := end - time.perf_counter()) > 0:
-        if params.get("typing") == "1":
+        if params.get("typing") == "1" or (near and left <= near):
             await page.backend.keep_warm()
-        await asyncio.sleep(min(left, 0.2))
+        wake = left - near if left > near else left  # the pointer's arrival, then the end
+        await asyncio.sleep(min(wake, 0.2))
 
 
 async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str, ready_ms: float) -> None:
@@ -205,11 +214,13 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str, re
         browser.set_global("webgemmaResult", {"error": str(outcome), "backend": page.backend.name})
         return
     s = outcome.stats
-    repeats = []  # the same length again, other tokens: what the first prompt paid once (e.g. shader compiles)
+    repeats = []  # the same length again (or longer), other tokens: what the first prompt paid once (e.g. pipelines)
     for variant in range(1, int(params.get("repeat", 1)) if "prompt_tokens" in params else 0):
         await pause(page, params, int(params.get("gap_ms", 0)))
-        again = await model.generator.generate(synthetic_prompt(model, len(ids), variant), page.settings())
-        repeats.append({k: again.stats[k] for k in ("ttft_ms", "tokens_per_s", "prefill_tokens_per_s", "prefill_ms")})
+        again_ids = synthetic_prompt(model, len(ids) + variant * int(params.get("grow", 0)), variant)
+        again = await model.generator.generate(again_ids, page.settings())
+        repeats.append({k: again.stats[k] for k in ("ttft_ms", "tokens_per_s", "prefill_tokens_per_s", "prefill_ms")}
+                       | {"prompt_tokens": len(again_ids)})
     then = {}
     if "then" in params:
         ids = outcome.prompt_ids + outcome.output_ids + page.model.tokenizer.encode(params["then"], add_special_tokens=False)

@@ -85,10 +85,11 @@ export const storageBuffer = (device, bytes) => device.createBuffer({
 
 // GPUs lower their clocks ~1.5 s after their last work and need ~0.3 s of work to raise them again: on an H200 a
 // 512-token prefill took 60 ms back to back and 200 ms after 3 s idle, natively too (BENCHMARKS.md). While someone
-// types a prompt (keepWarm on each keystroke), one workgroup spins, so that the prompt finds the clocks up; a
-// prompt stops it (ms = 0) before its own work, which waits for at most SPIN_DEPTH spins. The GPU must stay busy,
-// not just woken: one spin at a time, resubmitted once done, kept it 25% busy and its clock sank (1,980 → 1,260 MHz
-// in 3 s); SPIN_DEPTH spins queued cover the ~2 ms each takes to come back to this thread.
+// types a prompt (keepWarm on each keystroke, and when the pointer comes over its form), one workgroup spins, so
+// that the prompt finds the clocks up; a prompt stops it (ms = 0) before its own work, which waits for at most
+// SPIN_DEPTH spins. The GPU must stay busy, not just woken: one spin at a time, resubmitted once done, kept it 25%
+// busy and its clock sank (1,980 → 1,260 MHz in 3 s); SPIN_DEPTH spins queued cover the ~2 ms each takes to come
+// back to this thread.
 const SPIN = `@group(0) @binding(0) var<storage, read_write> sink: array<f32, 64>;
 @compute @workgroup_size(64) fn main(@builtin(local_invocation_index) i: u32) {
   var x = f32(i);

@@ -26,8 +26,8 @@ from ..onnx_bytes import ExternalWeight, float_initializers, graph_output_names,
 from ..static_cache import step_caches
 
 ORT_URL = "vendor/ort/"  # relative to the page; the site builder puts onnxruntime-web there
-# GPUs lower their clocks ~1.5 s after their last work and take ~0.3 s of work to raise them: a keystroke keeps them
-# up this long (a typist's pause is shorter; after it the GPU may rest)
+# GPUs lower their clocks ~1.5 s after their last work and take ~0.3 s of work to raise them: a keystroke (or the
+# pointer over the prompt's form) keeps them up this long (a typist's pause is shorter; after it the GPU may rest)
 KEEP_WARM_S = 2.0
 WASM_NOTICE = "WebGPU is not available in this browser: running on the CPU (wasm), which is much slower."
 
@@ -256,7 +256,8 @@ class OrtWebBackend:
 
     async def keep_warm(self, seconds: float = KEEP_WARM_S) -> None:
         """Keeps the GPU's clocks up for `seconds` more (0: stop), one workgroup busy (ort_bridge.mjs keepWarm): the
-        page calls it on every keystroke in the prompt, so that the prompt does not run at idle clocks."""
+        page calls it on every keystroke in the prompt and when the pointer comes over its form, so that the prompt
+        does not run at idle clocks."""
         if self.name == "webgpu":
             await browser.keep_gpu_warm(self._ort, seconds)
 
