@@ -11,12 +11,14 @@ follow-up prompts, go back to the prefill graph.
 
 Where the step session chains (the kernels with the per-layer table on the GPU), the tokens after the first are
 sampled on the GPU and each step is queued before the last one's result is read (`_chain`): the page's Python then
-only keeps the queue full. The GPU picks as Sampler does, from the same draws of the sampler's generator.
+only keeps the queue full. The GPU picks as Sampler does, from the same draws of the sampler's generator. A short
+follow-up prompt's tokens are queued the same way (`_feed`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 import warnings
@@ -194,6 +196,35 @@ class Engine:
         self.last = Scores(np.asarray(values).reshape(-1), np.asarray(ids).reshape(-1))
         return self.last
 
+    async def _feed(self, tokens: list[int]) -> Scores:
+        """Given tokens through the step session (a short follow-up prompt); their last one's top-k scores. A session
+        that chains steps takes them MAX_CHAIN_DEPTH at a time, with no read-back between them: each token costs the
+        GPU's step, not a round trip (E2B on an H200: 22 tokens in 72-76 ms, 139-146 one at a time)."""
+        if not self.static.session.chains:
+            for token in tokens:
+                scores = await self._step(token)
+            return scores
+        pending: deque[Awaitable] = deque()
+        try:
+            for i, token in enumerate(tokens):
+                t0 = time.perf_counter()
+                feeds = self._rope_feeds(self.static.length, 1)
+                feeds[self.io["inputs"]["input_ids"]] = np.asarray([[token]], np.int64)
+                pending.append(self.static.submit(feeds, chained=False))
+                self.tokens.append(token)
+                t1 = time.perf_counter()
+                while len(pending) == MAX_CHAIN_DEPTH or (pending and i == len(tokens) - 1):
+                    values, ids, _, _ = await pending.popleft()
+                self._count(t0, t1)
+        except BaseException:  # a step failed: the cache no longer holds what self.tokens say
+            for step in pending:
+                with contextlib.suppress(Exception):
+                    await step
+            self.reset()
+            raise
+        self.last = Scores(values, ids)
+        return self.last
+
     def _chains(self, top_k: bool, stop_ids: set[int]) -> bool:
         """Whether the next tokens can be sampled on the GPU, steps queued ahead (see `_chain`)."""
         return (self.static is not None and self.static.session.chains and self.chain_depth > 0
@@ -307,9 +338,7 @@ class Engine:
         if not new:  # the prompt is exactly what the cache holds
             return self.last, reused
         if self.on_static:
-            for token in new:
-                scores = await self._step(token)
-            return scores, reused
+            return await self._feed(new), reused
         while new:
             n = chunk_length(len(new), self.prefill_chunk)
             then = new[n:n + chunk_length(len(new) - n, self.prefill_chunk)]

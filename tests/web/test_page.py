@@ -136,7 +136,8 @@ def test_chained_kernels_sample_the_cli_tokens(sites, offline_context):
 
 def test_steps_queued_past_a_stop_token_leave_the_cache_as_it_was(sites, offline_context):
     """A stop token sampled on the GPU stops the cache writes of the steps already queued after it: a follow-up
-    prompt then reuses the cache and gets the tokens it gets when every step waits for Python's sampling."""
+    prompt then reuses the cache, its tokens fed through queued steps, and gets the tokens it gets when every step
+    waits for Python (its sampling, the follow-up one token at a time)."""
     model, site = sites["int4"]
     stop = cli_json(model, 4)["output_ids"][2]  # the third greedy token stops the reply
     context, _ = offline_context(site.url)
@@ -146,6 +147,9 @@ def test_steps_queued_past_a_stop_token_leave_the_cache_as_it_was(sites, offline
     assert chained.get("error") is None and chained["chained"] and not stepped["chained"], runs
     assert chained["output_ids"] == stepped["output_ids"] and chained["output_ids"][-1] == stop
     assert chained["then_reused_tokens"] == len(chained["prompt_ids"]) + 2  # the reply up to its stop token
+    assert chained["then_prompt_tokens"] > chained["then_reused_tokens"] and chained["then_ttft_ms"] > 0
+    fed = chained["then_prompt_tokens"] - chained["then_reused_tokens"]  # through the steps, queued (Engine._feed)
+    assert chained["then_prefill_ms"]["runs"] == stepped["then_prefill_ms"]["runs"] == fed
     assert chained["then_output_ids"] == stepped["then_output_ids"]
 
 

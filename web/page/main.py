@@ -8,7 +8,8 @@ min_p=M repetition_penalty=R seed=S raw=1 system=TEXT thinking=1 autorun=1 backe
 verbose=1 (record onnxruntime's node placement) prefill_chunk=N; for benchmarks prompt_tokens=N (a synthetic raw
 prompt of N token ids), ignore_stop=1 (generate max_new_tokens whatever is sampled), stop_ids=A,B (these stop token
 ids instead of the model's), then=TEXT (after the first reply, generate again from the prompt, the reply and TEXT:
-a follow-up that reuses the cache; its tokens in `then_output_ids`), capture=0 (decode without the graph-captured
+a follow-up that reuses the cache; its tokens in `then_output_ids`, its prompt's length and time to first token in
+`then_prompt_tokens` and `then_ttft_ms`), capture=0 (decode without the graph-captured
 step session), step=graph (decode through the graph-captured step graph, not the hand-written WebGPU kernels of
 webgemma.kernel_plan), kernel_lanes=8|16|...|256 (every kernel matvec's lanes per row), kernel_subgroups=0 (the
 kernels add through workgroup memory, not by subgroup operations, where the device has subgroups), profile=1 (the
@@ -225,8 +226,8 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str, re
     if "then" in params:
         ids = outcome.prompt_ids + outcome.output_ids + page.model.tokenizer.encode(params["then"], add_special_tokens=False)
         again = await page.model.generator.generate(ids, page.settings())
-        then = {"then_output_ids": again.output_ids, "then_reused_tokens": again.stats["reused_tokens"],
-                "then_prefill_ms": again.stats["prefill_ms"]}
+        then = {"then_output_ids": again.output_ids, "then_prompt_tokens": len(ids), "then_ttft_ms": again.stats["ttft_ms"],
+                "then_reused_tokens": again.stats["reused_tokens"], "then_prefill_ms": again.stats["prefill_ms"]}
     profile = await static.session.profile() if static and params.get("profile") == "1" else None
     browser.set_global("webgemmaResult", {
         "prompt_ids": outcome.prompt_ids, "output_ids": outcome.output_ids, "text": outcome.text,
