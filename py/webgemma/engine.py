@@ -6,8 +6,9 @@ cannot be rewound.
 
 Where the backend gives a step session (`use_step_session`), decoding leaves the prefill graph after the prompt:
 the cache moves once into fixed buffers and every token is one replay of the captured step graph
-(webgemma.static_cache). Only the top-k candidates come back from it; samplers that need every logit, and long
-follow-up prompts, go back to the prefill graph.
+(webgemma.static_cache). Only the top-k candidates come back from it; samplers that need every logit, and
+follow-up prompts that would take longer through it than the whole conversation prefilled again (`_feed_limit`), go
+back to the prefill graph.
 
 Where the step session chains (the kernels with the per-layer table on the GPU), the tokens after the first are
 sampled on the GPU and each step is queued before the last one's result is read (`_chain`): the page's Python then
@@ -37,7 +38,8 @@ from .rope import RopeRows
 from .sampling import Sampler, SamplingSettings
 from .static_cache import StaticDecoder, StepSession
 
-STEP_PREFILL_MAX = 32  # a follow-up prompt this short is fed through the step graph; a longer one is prefilled anew
+STEP_PREFILL_MAX = 32  # a follow-up this short is fed through the step session (longer ones: `_feed_limit`)
+MIN_STEPS_MEASURED = 8  # decoded tokens that give `ms_per_step`
 CHAIN_DEPTH = 4  # steps queued on the GPU at once when the session chains them (E2B: 299 tokens/s, 295 with 3)
 MAX_CHAIN_DEPTH = 4  # kernel_step.mjs STAGING: its read-back buffers
 ROPE_AHEAD = 4096  # positions whose RoPE rows are computed after the warm-up (E2B: 12 MB), ROPE_SLICE at a time
@@ -82,6 +84,10 @@ class Engine:
         self.chain_depth = CHAIN_DEPTH  # 0: never chain steps (benchmarks: sampling in Python)
         self.warming: asyncio.Future | None = None  # the prefill graph's throwaway run (`warm_up`)
         self.rope_ahead: asyncio.Future | None = None  # the RoPE rows computed after it
+        # measured costs (`_feed_limit`): a decoded token through the step session, and a prompt's token through the
+        # prefill graph at its best rate over prompts of half a chunk or more
+        self.ms_per_step: float | None = None
+        self.ms_per_prefilled_token: float | None = None
         self.reset()
 
     def use_step_session(self, session: StepSession) -> None:
@@ -197,9 +203,9 @@ class Engine:
         return self.last
 
     async def _feed(self, tokens: list[int]) -> Scores:
-        """Given tokens through the step session (a short follow-up prompt); their last one's top-k scores. A session
-        that chains steps takes them MAX_CHAIN_DEPTH at a time, with no read-back between them: each token costs the
-        GPU's step, not a round trip (E2B on an H200: 22 tokens in 72-76 ms, 139-146 one at a time)."""
+        """Given tokens through the step session (a follow-up prompt, `_feed_limit`); their last one's top-k scores.
+        A session that chains steps takes them MAX_CHAIN_DEPTH at a time, with no read-back between them: each token
+        costs the GPU's step, not a round trip (E2B on an H200: 22 tokens in 72-76 ms, 139-146 one at a time)."""
         if not self.static.session.chains:
             for token in tokens:
                 scores = await self._step(token)
@@ -318,6 +324,15 @@ class Engine:
             self.last = Scores(np.asarray(out[self.io["logits"]]).reshape(-1))
         return self.last
 
+    def _feed_limit(self, length: int) -> int:
+        """The most new tokens of a `length`-token prompt fed through the step session rather than prefilling it all
+        again: STEP_PREFILL_MAX, or as many as its steps take less time than the prefill would, by the costs measured
+        here (a long conversation, such as a page's text in the widget: E2B on an H200 ~3.3 ms a step against ~0.13
+        ms a prefilled token, 2,000 tokens of conversation ~80 tokens)."""
+        if self.ms_per_step is None or self.ms_per_prefilled_token is None:
+            return STEP_PREFILL_MAX
+        return max(STEP_PREFILL_MAX, int(length * self.ms_per_prefilled_token / self.ms_per_step))
+
     async def prefill(self, prompt_ids: list[int], top_k: bool = False) -> tuple[Scores, int]:
         """Bring the cache to `prompt_ids`; returns (last scores, number of cached tokens reused)."""
         await self._warmed()
@@ -330,7 +345,7 @@ class Engine:
             )
         reused = len(self.tokens)
         exact = reused == len(prompt_ids) and self.last is not None and (self.last.ids is not None) == top_k
-        leave_static = self.on_static and (not top_k or len(prompt_ids) - reused > STEP_PREFILL_MAX)
+        leave_static = self.on_static and (not top_k or len(prompt_ids) - reused > self._feed_limit(len(prompt_ids)))
         if prompt_ids[:reused] != self.tokens or (reused == len(prompt_ids) and not exact) or leave_static:
             self.reset()
             reused = 0
@@ -356,8 +371,13 @@ class Engine:
         await self.backend.keep_warm(0)  # the prompt's own work keeps the GPU busy now
         await self._warmed()  # counted in the time to the first token: the prompt waits for it
         self._restart_timing()  # the prompt's own: not what an earlier turn's decoding left or the warm-up
+        t_graph = time.perf_counter()
         scores, reused = await self.prefill(result.prompt_ids, top_k)
         t_prefill = time.perf_counter()
+        fed = len(result.prompt_ids) - reused
+        if not self.on_static and 2 * fed >= self.prefill_chunk:  # through the prefill graph, long enough to count
+            rate = (t_prefill - t_graph) * 1000 / fed
+            self.ms_per_prefilled_token = min(rate, self.ms_per_prefilled_token or rate)
         history = list(result.prompt_ids)
         token = sampler(scores.values, history, scores.ids)
         decode_start = time.perf_counter()
@@ -395,8 +415,9 @@ class Engine:
             if chain is not None:
                 await chain.aclose()
         t_end = time.perf_counter()
-        fed = len(result.prompt_ids) - reused
         decoded = len(result.output_ids) - 1
+        if self.on_static and decoded >= MIN_STEPS_MEASURED:
+            self.ms_per_step = (t_end - decode_start) * 1000 / decoded
         result.stats = {
             "prompt_tokens": len(result.prompt_ids),
             "reused_tokens": reused,

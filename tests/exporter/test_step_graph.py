@@ -1,6 +1,7 @@
 """The step graph (fixed caches written in place, sliding rings) on onnxruntime's CPU EP, the reference for the
 browser's graph-captured decoding: top-k scores equal transformers' logits, greedy tokens equal transformers'
-choices, across prompts shorter and longer than the window (8), and a follow-up prompt fed step by step."""
+choices, across prompts shorter and longer than the window (8), and a follow-up prompt fed step by step (while that
+costs less than prefilling the conversation again)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from tests.support.checkpoints import make_checkpoint
 from tests.support.reference import open_engine, transformers_logits
+from webgemma.sampling import SamplingSettings
 from webgemma_export.export import export
 
 CASES = [("e2b", "float32", "text", "resaved"), ("e4b", "bfloat16", "multimodal", "published")]
@@ -27,8 +29,8 @@ def exported(request, tmp_path_factory):
     return checkpoint, export(checkpoint, base / "model", quant="fp32", log=lambda _: None)
 
 
-def step_engine(model, context: int = 64):
-    engine = open_engine(model)
+def step_engine(model, context: int = 64, prefill_chunk: int = 256):
+    engine = open_engine(model, prefill_chunk)
     engine.use_step_session(engine.backend.step_session(model, engine.manifest, context))
     asyncio.run(engine.record_step())  # as the browser does while loading: it must leave no trace
     return engine
@@ -71,6 +73,32 @@ def test_follow_up_prompt_goes_through_the_step_session(exported):
     fresh, _ = asyncio.run(open_engine(model).prefill(follow, top_k=True))
     assert scores.ids.tolist() == fresh.ids.tolist()
     assert np.abs(scores.values - fresh.values).max() < 1e-4
+
+
+def test_a_follow_up_goes_through_the_steps_while_they_cost_less_than_prefilling_anew(exported):
+    _, model = exported
+
+    def follow_up(costs: tuple[float, float] | None):
+        engine = step_engine(model)
+        tokens, _ = greedy_top_k(engine, LONG, 4)
+        if costs:
+            engine.ms_per_step, engine.ms_per_prefilled_token = costs
+        follow = LONG + tokens + list(range(100, 140))  # 57 tokens, 40 of them new: more than STEP_PREFILL_MAX
+        return follow, *asyncio.run(engine.prefill(follow, top_k=True))
+
+    assert follow_up(None)[2] == 0  # no costs measured yet: prefilled anew
+    assert follow_up((1.0, 0.5))[2] == 0  # 40 steps cost 40 ms, prefilling all 57 tokens 28.5
+    follow, scores, reused = follow_up((1.0, 1.0))  # 40 ms against 57
+    assert reused == len(LONG) + 4
+    fresh, _ = asyncio.run(open_engine(model).prefill(follow, top_k=True))
+    assert scores.ids.tolist() == fresh.ids.tolist() and np.abs(scores.values - fresh.values).max() < 1e-4
+
+
+def test_generation_measures_the_costs_of_a_step_and_of_a_prefilled_token(exported):
+    _, model = exported
+    engine = step_engine(model, prefill_chunk=8)
+    asyncio.run(engine.generate(LONG, SamplingSettings(temperature=0), max_new_tokens=12, stop_ids=[]))
+    assert engine.ms_per_step > 0 and engine.ms_per_prefilled_token > 0
 
 
 def test_context_is_capped_by_the_fixed_caches(exported):
