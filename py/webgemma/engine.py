@@ -214,8 +214,7 @@ class Engine:
         try:
             for i, token in enumerate(tokens):
                 t0 = time.perf_counter()
-                feeds = self._rope_feeds(self.static.length, 1)
-                feeds[self.io["inputs"]["input_ids"]] = np.asarray([[token]], np.int64)
+                feeds = await self._token_feeds([token], rows=False)  # the session gathers the row itself
                 pending.append(self.static.submit(feeds, chained=False))
                 self.tokens.append(token)
                 t1 = time.perf_counter()
