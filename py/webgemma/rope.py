@@ -11,23 +11,33 @@ def rope_tables(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray
     return np.cos(angles), np.sin(angles)
 
 
+ROPE_BLOCK = 1024  # positions a block of kept rows holds
+
+
 class RopeRows:
     """`rope_tables` of positions 0, 1, 2, ... each computed once and kept: in Pyodide numpy's cos and sin took 12-15
     ms for a 1,024-token chunk of E2B's two tables on an H200 host (BENCHMARKS.md), slicing kept rows nothing (E2B
-    keeps 3 KB a position)."""
+    keeps 3 KB a position). Kept in blocks of ROPE_BLOCK positions: a table that grew by copying itself into one
+    twice as large cost the decode's first step past 4,096 tokens ~15 ms (BENCHMARKS.md, seventeenth session)."""
 
     def __init__(self, inv_freq: np.ndarray):
         self.inv_freq = inv_freq
-        self.cos = self.sin = np.zeros((0, len(inv_freq)), np.float32)
-        self.count = 0  # rows computed; the arrays have room for more
+        self.blocks: list[tuple[np.ndarray, np.ndarray]] = []  # (cos, sin) [ROPE_BLOCK, head_dim/2] each
+        self.count = 0  # rows computed
 
     def rows(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """(cos, sin) of positions start .. start + count - 1."""
+        """(cos, sin) of positions start .. start + count - 1 (count ≥ 1): views of the kept rows within a block,
+        else copies."""
         end = start + count
-        if end > self.count:
-            if end > len(self.cos):  # room doubles: a token at a time costs no copy of the whole table
-                room = np.empty((max(end, 2 * len(self.cos)) - self.count, len(self.inv_freq)), np.float32)
-                self.cos, self.sin = (np.concatenate([t[:self.count], room]) for t in (self.cos, self.sin))
-            self.cos[self.count:end], self.sin[self.count:end] = rope_tables(self.inv_freq, np.arange(self.count, end))
-            self.count = end
-        return self.cos[start:end], self.sin[start:end]
+        while self.count < end:
+            block, at = divmod(self.count, ROPE_BLOCK)
+            if block == len(self.blocks):
+                self.blocks.append(tuple(np.empty((ROPE_BLOCK, len(self.inv_freq)), np.float32) for _ in range(2)))
+            stop = min(end, (block + 1) * ROPE_BLOCK)
+            cos, sin = self.blocks[block]
+            cos[at:at + stop - self.count], sin[at:at + stop - self.count] = rope_tables(
+                self.inv_freq, np.arange(self.count, stop))
+            self.count = stop
+        pieces = [tuple(t[max(start - b * ROPE_BLOCK, 0):end - b * ROPE_BLOCK] for t in self.blocks[b])
+                  for b in range(start // ROPE_BLOCK, -(-end // ROPE_BLOCK))]
+        return pieces[0] if len(pieces) == 1 else tuple(np.concatenate(p) for p in zip(*pieces))

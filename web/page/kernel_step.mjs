@@ -21,6 +21,7 @@ const UNIFORM_STRIDE = 256;  // minUniformBufferOffsetAlignment's largest allowe
 // others, goes in one (295 tokens/s against 291 with 4; BENCHMARKS.md).
 const SUBMITS = 4;
 const STAGING = 4;  // read-back buffers: steps in flight at once, at most
+const TRACED = 1024;  // steps whose times timeSteps keeps, at most
 
 // an IEEE half (the table's block scales) as a number, exactly
 function halfToFloat(h) {
@@ -258,7 +259,8 @@ class KernelStep {
   }
 
   // For benchmarks. timeSteps: each step between GPU timestamps (the start of its first pass, the end of its last),
-  // its time added to webgemmaStepTimes.gpu_ms (where the device has timestamp queries). encodeAhead: encode a step's commands during the step before (its
+  // its time added to webgemmaStepTimes.gpu_ms and its times to webgemmaStepTimes.trace (where the device has
+  // timestamp queries). encodeAhead: encode a step's commands during the step before (its
   // inputs go into act by writeBuffer, so its commands do not depend on them), so that Chromium's GPU process
   // checks them while the GPU works. submits: an unchained step's pass in that many submits (SUBMITS).
   configure({ timeSteps = false, encodeAhead = true, submits = SUBMITS }) {
@@ -344,10 +346,16 @@ class KernelStep {
     const failed = error && await error;
     if (failed) throw new Error(`the kernel step failed on the GPU: ${failed.message}`);
     const data = await readStaging(this.staging[staging]);
-    countStepTimes(0, t1 - t0, performance.now() - t1);  // the block's write is queued with the pass
+    const t2 = performance.now();
+    countStepTimes(0, t1 - t0, t2 - t1);  // the block's write is queued with the pass
     if (this.stamps) {
       const ns = new BigInt64Array(data.buffer, this.outBytes, 2);
-      globalThis.webgemmaStepTimes.gpu_ms = (globalThis.webgemmaStepTimes.gpu_ms ?? 0) + Number(ns[1] - ns[0]) / 1e6;
+      const times = globalThis.webgemmaStepTimes;
+      times.gpu_ms = (times.gpu_ms ?? 0) + Number(ns[1] - ns[0]) / 1e6;
+      // each step's submit (start, end) and read-back on the page's clock, its pass's start and end on the GPU's
+      // (ms): the GPU's idle time between steps, and whether the next step had been submitted by then
+      times.trace ??= [];
+      if (times.trace.length < TRACED) times.trace.push([t0, t1, t2, Number(ns[0]) / 1e6, Number(ns[1]) / 1e6]);
     }
     return data.subarray(0, this.outBytes);
   }
