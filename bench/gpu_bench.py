@@ -180,7 +180,7 @@ def browser(a) -> None:
         # each prompt again right after (`repeat=2`): native Dawn's prompts follow one another (the GPU's clock up),
         # the tab's first of a length does not
         ttft = page("prompt", prompt_tokens=a.prompt, max_new_tokens=8, repeat=2)
-        long = {n: page(f"context{n}", prompt_tokens=n, max_new_tokens=tokens, **({"repeat": 2} if n == contexts[-1] else {}))
+        long = {n: page(f"context{n}", prompt_tokens=n, max_new_tokens=tokens, repeat=2 if n == contexts[-1] else 1)
                 for n in contexts[1:]}
         # the same long prompt in short chunks: equal tokens mean the chunks' attention masks agree on this GPU
         check = page("short_chunks", prompt_tokens=contexts[-1], max_new_tokens=8, prefill_chunk="64")
