@@ -13,9 +13,9 @@ a follow-up that reuses the cache; its tokens in `then_output_ids`, its prompt's
 step session), step=graph (decode through the graph-captured step graph, not the hand-written WebGPU kernels of
 webgemma.kernel_plan), kernel_lanes=8|16|...|256 (every kernel matvec's lanes per row), kernel_subgroups=0 (the
 kernels add through workgroup memory, not by subgroup operations, where the device has subgroups), profile=1 (the
-kernels' GPU time by kind in `kernel_profile_ms`, and each step's in `step_times.gpu_ms`, its times in `step_times.trace`), encode_ahead=0 (encode
-each kernel step's commands once its inputs are known, not during the step before), submits=N (an unchained kernel
-step's pass in N submits; 4 by default, chained steps go in one),
+kernels' GPU time by kind in `kernel_profile_ms`, and each step's in `step_times.gpu_ms`, its times in
+`step_times.trace`), encode_ahead=0 (encode each kernel step's commands once its inputs are known, not during the step
+before), submits=N (an unchained kernel step's pass in N submits; 4 by default, chained steps go in one),
 repeat=N (with prompt_tokens: N prompts of that length one after another, the later ones' stats in `repeats`),
 grow=N (each repeat N tokens longer than the one before), gap_ms=N (wait N ms before each repeat), think_ms=N (wait
 N ms after loading before the prompt, as a reader typing it would), typing=1 (keystrokes every 200 ms while waiting
