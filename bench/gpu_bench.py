@@ -161,14 +161,15 @@ def pages(a) -> None:
         page("cold", prompt_tokens=8, max_new_tokens=2)
         out = {}
         for i, query in enumerate(a.queries):
-            sampler.gpu_mib = 0
+            sampler.gpu_mib, sampler.rss = 0, {}
             r = page(query, **dict(kv.split("=") for kv in query.split("&")))
             key = query if a.queries.count(query) == 1 else f"{query} #{a.queries[:i + 1].count(query)}"
             out[key] = {k: r.get(k) for k in ("tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "load_ms", "ms_per_step",
                                               "step_times", "graph_capture", "load_phases_ms", "prefill_ms", "repeats", "step", "kernel_profile_ms", "chained", "table", "table_wait_ms", "copies",
                                               "ready_ms", "ort_start_ms", "wall_s", "started", "then_prompt_tokens", "then_ttft_ms",
-                                              "then_reused_tokens", "then_prefill_ms")} | {
-                "first_tokens": r["output_ids"][:16], "peak_gpu_mib": sampler.gpu_mib}
+                                              "then_reused_tokens", "then_prefill_ms", "memory")} | {
+                "first_tokens": r["output_ids"][:16], "peak_gpu_mib": sampler.gpu_mib,
+                "peak_rss_gib": {k: round(v / 2**20, 2) for k, v in sampler.rss.items()}}
             record(a, f"{a.kind}/pages", out)  # after each page: a run cut short keeps what it measured
 
 

@@ -6,6 +6,7 @@
 Layout of `out_dir` (any static host serves it; `webgemma serve` adds COOP/COEP for wasm threads):
 
     index.html style.css boot.mjs main.py ort_bridge.mjs store_bridge.mjs    the page (web/page/)
+    rows_worker.mjs blob_reader.mjs                                           its workers (storage reads)
     kernel_step.mjs wgsl.mjs                                                  the decode step's own kernels
     widget.mjs widget.css                                                     <webgemma-chat> for any page (web/widget/)
     pyscript.json                                                             PyScript config (local interpreter)
@@ -28,7 +29,7 @@ from . import vendor
 
 PAGE = Path(__file__).resolve().parent / "page"
 PAGE_FILES = ("index.html", "style.css", "boot.mjs", "main.py", "ort_bridge.mjs", "store_bridge.mjs", "rows_worker.mjs",
-              "kernel_step.mjs", "wgsl.mjs")
+              "blob_reader.mjs", "kernel_step.mjs", "wgsl.mjs")
 # Always written (10 KB): any page, on any origin, embeds the model with <script type="module" src=".../widget.mjs">
 WIDGET = Path(__file__).resolve().parent / "widget"
 WIDGET_FILES = ("widget.mjs", "widget.css")

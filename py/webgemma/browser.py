@@ -513,10 +513,14 @@ class JsSession:
 async def ort_load(bundle: str, ort_url: str, num_threads: int | None = None) -> Any:
     """The onnxruntime-web module of `bundle` ("webgpu" or "wasm"), its files under `ort_url` (a site folder, resolved
     absolute with `asset_url`); wasm threads `num_threads`, by default ort_bridge.mjs defaultThreads. The page may
-    have started it already while booting (ort_bridge.mjs startOrt)."""
+    have started it already while booting (ort_bridge.mjs startOrt). The webgpu bundle comes with its device made
+    (`ort.env.webgpu.device`), for buffers of ours that its sessions read."""
     _need_browser()
     bridge = await _import(ORT_BRIDGE)
-    return await bridge.loadOrt(bundle, asset_url(ort_url), num_threads)
+    try:
+        return await bridge.loadOrt(bundle, asset_url(ort_url), num_threads)
+    except JsException as e:
+        raise RuntimeError(f"onnxruntime-web ({bundle}) could not start: {e}") from None
 
 
 async def ort_session(ort: Any, model: bytes, external_data: dict[str, CachedFile | bytes], options: dict,
@@ -585,6 +589,14 @@ class WeightBuffers:
 
     def destroy(self) -> None:
         self._bridge.destroyBuffers(self._buffers)
+
+    async def discard(self) -> None:
+        """Destroys the buffers once their bytes are written (or failed to be): for a load that failed meanwhile."""
+        try:
+            await self.ready()
+        except RuntimeError:
+            pass
+        self.destroy()
 
 
 class JsStepSession:

@@ -185,6 +185,27 @@ out
     assert result == {d: [d, [3, 4], True] for d in result} and len(result) == 7
 
 
+def test_onnxruntime_keeps_its_webgpu_device_across_sessions(checked_page):
+    """The weights are uploaded to onnxruntime-web's device before the model's session exists: the device that
+    ort_load hands out must be the one later sessions run on, even after every other session is released (onnxruntime
+    drops its device with its last session: ort_bridge.mjs keeps the start session)."""
+    result = checked_page.py("""
+import js
+from webgemma import browser
+from webgemma.onnx_bytes import identity_model
+ort = await browser.ort_load("webgpu", "vendor/ort/", 1)
+device = ort.env.webgpu.device
+lost = []
+device.lost.then(lambda info: lost.append(str(info.message)))
+for _ in range(2):
+    session = await browser.ort_session(ort, identity_model(), {}, {"executionProviders": ["webgpu"]})
+    await session.release()
+await js.Promise.new(lambda resolve, reject: js.setTimeout(resolve, 100))
+[device is not None and ort.env.webgpu.device == device, lost]
+""")
+    assert result == [True, []]
+
+
 # ---------------------------------------------------------------- storage
 
 ENSURE = """

@@ -19,36 +19,39 @@ const BUNDLES = { webgpu: "ort.webgpu.min.mjs", wasm: "ort.wasm.min.mjs" };
 const bundles = new Map();
 
 // One module instance per bundle ("webgpu" or "wasm", files under ortUrl); its env is set before its first session
-// (wasm is initialised then). A bundle already loaded (startOrt) keeps the threads it was loaded with.
+// (wasm is initialised then), and the webgpu bundle is started (startWebGpu) before it is handed out. A bundle
+// already loaded (startOrt) keeps the threads it was loaded with.
 export function loadOrt(bundle, ortUrl, numThreads = defaultThreads()) {
   const url = ortUrl + BUNDLES[bundle];
   if (!bundles.has(url)) {
-    bundles.set(url, import(url).then((ort) => {
+    const loaded = import(url).then((ort) => {
       ort.env.wasm.wasmPaths = ortUrl;
       ort.env.wasm.numThreads = numThreads;
       ort.env.wasm.proxy = false;
       return ort;
-    }));
+    });
+    bundles.set(url, bundle === "webgpu" ? loaded.then((ort) => startWebGpu(ort, ortUrl)) : loaded);
   }
   return bundles.get(url);
 }
 
-// Starts onnxruntime-web's WebGPU runtime (its wasm compiled and initialised) while the page's Python boots, so the
-// model's first session costs what a later one does (~1 s less). Creating a session is the only way to start it:
-// one over `start.onnx`, a one-node graph the site builder writes. Without WebGPU it does nothing; a failure here
-// is left for the model's own session to report.
-export function startOrt(ortUrl) {
-  const url = ortUrl + BUNDLES.webgpu;
-  if (bundles.has(url) || !navigator.gpu) return;
-  const ort = loadOrt("webgpu", ortUrl);
+// onnxruntime-web's WebGPU runtime (its wasm compiled and initialised, its device made) starts with its first
+// session, here one over `start.onnx`, a one-node graph the site builder writes. That session is kept for the page's
+// life: releasing onnxruntime's last session also drops its device, and the next session would make another, on
+// which the weights uploaded before the model's session exists (webgemma.backends.ort_web) would be invalid.
+let startSession = null;
+async function startWebGpu(ort, ortUrl) {
   const t0 = performance.now();
-  bundles.set(url, (async () => {
-    const model = new Uint8Array(await (await fetch(ortUrl + "start.onnx")).arrayBuffer());
-    const session = await (await ort).InferenceSession.create(model, { executionProviders: ["webgpu"] });
-    await session.release();
-    globalThis.webgemmaOrtStart = [t0, performance.now()];  // for benchmarks: when it ran, ms since navigation
-    return ort;
-  })().catch(() => ort));
+  const model = new Uint8Array(await (await fetch(ortUrl + "start.onnx")).arrayBuffer());
+  startSession = await ort.InferenceSession.create(model, { executionProviders: ["webgpu"] });
+  globalThis.webgemmaOrtStart = [t0, performance.now()];  // for benchmarks: when it ran, ms since navigation
+  return ort;
+}
+
+// Starts onnxruntime-web's WebGPU runtime while the page's Python boots, so that the model's load does not wait for
+// it (~1 s). Without WebGPU it does nothing; a failure is reported when the model loads (loadOrt again).
+export function startOrt(ortUrl) {
+  if (navigator.gpu) loadOrt("webgpu", ortUrl).catch(() => {});
 }
 
 // Creates a session; with verbose, ORT's console output during creation comes back as `log` (node placement).
@@ -153,32 +156,61 @@ export async function uploadWeights(ort, files, weights, buffers) {
 
 // Each file goes through one staging buffer, mapped at creation (the fastest way in; queue.writeBuffer was
 // slower, BENCHMARKS.md), and is copied into the weights' buffers on the GPU, in queue order before any later run.
-// The browser reads the next READ_AHEAD files while this thread is busy creating sessions: with the one being
-// copied, up to READ_AHEAD + 1 shard files in memory (320 MiB with the exporter's default 64 MiB shards).
+// A worker reads the next READ_AHEAD files while this thread is busy creating sessions: with the one being copied,
+// up to READ_AHEAD + 1 shard files in memory (320 MiB with the exporter's default 64 MiB shards).
 const READ_AHEAD = 4;
 
 // todo: path → [[offset in the file, length, buffer, offset in the buffer (default 0)]]
 export async function fillWeights(device, files, todo) {
-  const read = (file) => file instanceof Blob ? file.arrayBuffer().then((b) => new Uint8Array(b)) : Promise.resolve(file);
+  const reader = blobReader();
+  const read = (file) => file instanceof Blob ? reader.read(file) : Promise.resolve(file);
   const paths = [...todo.keys()];
   const reads = paths.slice(0, READ_AHEAD).map((path) => read(files.get(path)));
-  for (let i = 0; i < paths.length; i++) {
-    const data = await reads[i];
-    reads[i] = null;
-    if (i + READ_AHEAD < paths.length) reads.push(read(files.get(paths[i + READ_AHEAD])));
-    const staging = device.createBuffer({
-      size: Math.ceil(data.byteLength / 4) * 4, usage: GPUBufferUsage.COPY_SRC, mappedAtCreation: true,
-    });
-    new Uint8Array(staging.getMappedRange(), 0, data.byteLength).set(data);
-    staging.unmap();
-    const encoder = device.createCommandEncoder();
-    for (const [offset, length, buffer, at = 0] of todo.get(paths[i])) {
-      // the exporter starts every tensor at a multiple of 64 bytes; copies move whole 4-byte words
-      encoder.copyBufferToBuffer(staging, offset, buffer, at, Math.min(Math.ceil(length / 4) * 4, staging.size - offset));
+  try {
+    for (let i = 0; i < paths.length; i++) {
+      const data = await reads[i];
+      reads[i] = null;
+      if (i + READ_AHEAD < paths.length) reads.push(read(files.get(paths[i + READ_AHEAD])));
+      const staging = device.createBuffer({
+        size: Math.ceil(data.byteLength / 4) * 4, usage: GPUBufferUsage.COPY_SRC, mappedAtCreation: true,
+      });
+      new Uint8Array(staging.getMappedRange(), 0, data.byteLength).set(data);
+      staging.unmap();
+      const encoder = device.createCommandEncoder();
+      for (const [offset, length, buffer, at = 0] of todo.get(paths[i])) {
+        // the exporter starts every tensor at a multiple of 64 bytes; copies move whole 4-byte words
+        encoder.copyBufferToBuffer(staging, offset, buffer, at, Math.min(Math.ceil(length / 4) * 4, staging.size - offset));
+      }
+      device.queue.submit([encoder.finish()]);
+      staging.destroy();  // freed once the copies have run
     }
-    device.queue.submit([encoder.finish()]);
-    staging.destroy();  // freed once the copies have run
+  } finally {
+    reader.close();
   }
+}
+
+// Blob → Uint8Array of its bytes, read by blob_reader.mjs; a read that fails, or a worker that fails, rejects.
+function blobReader() {
+  const worker = new Worker(new URL("./blob_reader.mjs", import.meta.url), { type: "module" });
+  const pending = new Map();
+  let next = 0;
+  worker.onmessage = ({ data: { id, bytes, error } }) => {
+    const { resolve, reject } = pending.get(id);
+    pending.delete(id);
+    if (error) reject(new Error(`could not read a file from the browser storage: ${error}`));
+    else resolve(new Uint8Array(bytes));
+  };
+  worker.onerror = (e) => {
+    for (const { reject } of pending.values()) reject(new Error(`the storage reader failed: ${e.message}`));
+    pending.clear();
+  };
+  const read = (blob) => {
+    const bytes = new Promise((resolve, reject) => pending.set(next, { resolve, reject }));
+    worker.postMessage({ id: next++, blob });
+    bytes.catch(() => {});  // reads ahead of a failed one are dropped, not reported as unhandled
+    return bytes;
+  };
+  return { read, close: () => worker.terminate() };
 }
 
 // weights: [[input name, file, offset, type, dims]] → {input name: tensor over its uploaded buffer}

@@ -146,16 +146,23 @@ class OrtWebBackend:
             session = await browser.ort_session(ort, model, dict(external_data or {}), options, verbose=verbose_log)
             lap("session")
             return cls(session, name, notice, host_outputs, adapter, ort)
-        # the weights become inputs, uploaded by us, so that the step session shares them (one GPU copy)
+        # the weights become inputs, uploaded by us, so that the step session shares them (one GPU copy); their
+        # bytes are written while onnxruntime creates the session (ort_load made the device)
         model, weights = weights_as_inputs(model)
         lap("graph_edit")
-        session = await browser.ort_session(ort, model, {}, options, verbose=verbose_log)
+        buffers = await browser.WeightBuffers.create(ort)
+        await buffers.upload(dict(external_data or {}), weights)
+        lap("buffers")
+        try:
+            session = await browser.ort_session(ort, model, {}, options, verbose=verbose_log)
+        except RuntimeError:
+            await buffers.discard()
+            raise
         lap("session")
         backend = cls(session, name, notice, host_outputs, adapter, ort)
-        backend.weights = await browser.WeightBuffers.create(ort)
-        session.weights = await backend._weight_feeds(weights, external_data or {})
+        backend.weights = buffers
+        session.weights = buffers.feeds(weights)
         backend.input_names = [n for n in session.input_names if n not in {w.name for w in weights}]
-        lap("buffers")
         return backend
 
     async def _weight_feeds(self, weights: list[ExternalWeight], files: Mapping[str, CachedFile | bytes]) -> Any:
