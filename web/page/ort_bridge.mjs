@@ -154,38 +154,48 @@ export async function uploadWeights(ort, files, weights, buffers) {
   return { done: fillWeights(device, files, todo) };  // wrapped: awaiting this call does not wait for the bytes
 }
 
-// Each file goes through one staging buffer, mapped at creation (the fastest way in; queue.writeBuffer was
-// slower, BENCHMARKS.md), and is copied into the weights' buffers on the GPU, in queue order before any later run.
-// A worker reads the next READ_AHEAD files while this thread is busy creating sessions: with the one being copied,
-// up to READ_AHEAD + 1 shard files in memory (320 MiB with the exporter's default 64 MiB shards).
+// Each file's bytes go into a staging buffer, from which the GPU copies them into the weights' buffers, in queue
+// order before any later run (queue.writeBuffer was slower, BENCHMARKS.md). STAGING buffers, mapped for writing in
+// turn, serve every file: one is filled while the GPU copies out of the others, and their memory (shared with the
+// GPU process) is allocated and paged in once, not once per file. A worker reads the next READ_AHEAD files while
+// this thread is busy creating sessions: with the one being copied, up to READ_AHEAD + 1 shard files in memory
+// (320 MiB with the exporter's default 64 MiB shards).
 const READ_AHEAD = 4;
+const STAGING = 2;
+const words = (bytes) => Math.ceil(bytes / 4) * 4;  // copies move whole 4-byte words
 
 // todo: path → [[offset in the file, length, buffer, offset in the buffer (default 0)]]
 export async function fillWeights(device, files, todo) {
   const reader = blobReader();
   const read = (file) => file instanceof Blob ? reader.read(file) : Promise.resolve(file);
   const paths = [...todo.keys()];
+  const size = words(Math.max(4, ...paths.map((path) => files.get(path).size ?? files.get(path).byteLength)));
+  const staging = Array.from({ length: STAGING }, () => device.createBuffer({
+    size, usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true,
+  }));
   const reads = paths.slice(0, READ_AHEAD).map((path) => read(files.get(path)));
   try {
     for (let i = 0; i < paths.length; i++) {
       const data = await reads[i];
       reads[i] = null;
       if (i + READ_AHEAD < paths.length) reads.push(read(files.get(paths[i + READ_AHEAD])));
-      const staging = device.createBuffer({
-        size: Math.ceil(data.byteLength / 4) * 4, usage: GPUBufferUsage.COPY_SRC, mappedAtCreation: true,
-      });
-      new Uint8Array(staging.getMappedRange(), 0, data.byteLength).set(data);
-      staging.unmap();
+      const from = staging[i % STAGING];
+      if (i >= STAGING) await from.mapAsync(GPUMapMode.WRITE);  // once the GPU has copied its last file out
+      const end = words(data.byteLength);
+      const mapped = new Uint8Array(from.getMappedRange(0, end));
+      mapped.set(data);
+      mapped.fill(0, data.byteLength);  // the last word's spare bytes, as a fresh buffer has them
+      from.unmap();
       const encoder = device.createCommandEncoder();
       for (const [offset, length, buffer, at = 0] of todo.get(paths[i])) {
-        // the exporter starts every tensor at a multiple of 64 bytes; copies move whole 4-byte words
-        encoder.copyBufferToBuffer(staging, offset, buffer, at, Math.min(Math.ceil(length / 4) * 4, staging.size - offset));
+        // the exporter starts every tensor at a multiple of 64 bytes
+        encoder.copyBufferToBuffer(from, offset, buffer, at, Math.min(words(length), end - offset));
       }
       device.queue.submit([encoder.finish()]);
-      staging.destroy();  // freed once the copies have run
     }
   } finally {
     reader.close();
+    for (const buffer of staging) buffer.destroy();  // freed once the copies have run
   }
 }
 

@@ -122,7 +122,7 @@ class OrtWebBackend:
         verbose_log: record ORT's verbose log during creation (`creation_log`, `placement`).
         num_threads: wasm threads (default: ort_bridge.mjs defaultThreads).
         shared_weights: on WebGPU, upload the weights ourselves, for a step session to share (`step_session`).
-        laps: where the time goes (runtime, graph_edit, session, buffers), for a load report.
+        laps: where the time goes (runtime, graph_edit, buffers, session), for a load report.
         """
         lap = laps or Laps()
         name, notice, adapter = await pick_ep(ep)
