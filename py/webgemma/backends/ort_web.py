@@ -22,7 +22,7 @@ from .. import browser
 from ..browser import CachedFile, JsTensor
 from ..laps import Laps
 from ..kernel_plan import KernelPlan, kernel_plan
-from ..onnx_bytes import ExternalWeight, float_initializers, graph_output_names, weights_as_inputs
+from ..onnx_bytes import float_initializers, graph_output_names, weights_as_inputs
 from ..static_cache import step_caches
 
 ORT_URL = "vendor/ort/"  # relative to the page; the site builder puts onnxruntime-web there
@@ -165,10 +165,6 @@ class OrtWebBackend:
         backend.input_names = [n for n in session.input_names if n not in {w.name for w in weights}]
         return backend
 
-    async def _weight_feeds(self, weights: list[ExternalWeight], files: Mapping[str, CachedFile | bytes]) -> Any:
-        await self.weights.upload(dict(files), weights)
-        return self.weights.feeds(weights)
-
     async def step_session(self, model: bytes, external_data: Mapping[str, CachedFile | bytes], manifest,
                            context: int, laps: Laps | None = None, kernels: bool = False,
                            kernel_options: dict | None = None) -> WebStepSession:
@@ -186,13 +182,13 @@ class OrtWebBackend:
         caches = [c | {"type": "float32"} for c in step_caches(io, context)]
         lap = laps or Laps()
         graph, weights = weights_as_inputs(model)
+        await self.weights.upload(dict(external_data), weights)  # the prefill graph's: nothing new to upload
         if kernels:
             buffer = min(limit, (self.adapter or {}).get("max_buffer_size", limit))
             options = dict(kernel_options or {})
             if "subgroups" not in options:
                 options["subgroups"] = await browser.subgroups_usable(self._ort)
             plan = kernel_plan(manifest, weights, float_initializers(model), context, table_buffer_bytes=buffer, **options)
-            await self.weights.upload(dict(external_data), weights)  # the prefill graph's: nothing new to upload
             lap("step_graph_edit")
             step = await browser.kernel_step(self._ort, self.weights, weights, plan)
         else:
@@ -203,9 +199,8 @@ class OrtWebBackend:
             # the EP only gets its enableGraphCapture option when it is named by an object, not by a string
             session_options = {"executionProviders": [{"name": "webgpu"}], "graphOptimizationLevel": "disabled",
                                "preferredOutputLocation": "gpu-buffer"}
-            feeds = await self._weight_feeds(weights, external_data)
             lap("step_graph_edit")
-            step = await browser.ort_step_session(self._ort, graph, feeds, session_options,
+            step = await browser.ort_step_session(self._ort, graph, self.weights.feeds(weights), session_options,
                                                   {"caches": caches, "rows": rows, "outputs": outputs})
             plan = None
         lap("step_session")
