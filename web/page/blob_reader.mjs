@@ -6,6 +6,6 @@ onmessage = async ({ data: { id, blob } }) => {
     const bytes = await blob.arrayBuffer();
     postMessage({ id, bytes }, [bytes]);
   } catch (e) {
-    postMessage({ id, error: `${e.name}: ${e.message}` });
+    postMessage({ id, error: `could not read a file from the browser storage (${e.name}: ${e.message})` });
   }
 };

@@ -1,6 +1,8 @@
 // onnxruntime-web glue for py/browser.py: loading a bundle once, creating a session while recording ORT's log.
 // Everything else (feeds, outputs, conversions) is done from Python.
 
+import { workerClient } from "./store_bridge.mjs";
+
 // ORT's wasm module binds console.log/error when it initialises, so a recorder must already sit in the console
 // by then: this tap forwards every call and, while a session is being created, also keeps the line.
 let recording = null;
@@ -199,28 +201,16 @@ export async function fillWeights(device, files, todo) {
   }
 }
 
-// Blob → Uint8Array of its bytes, read by blob_reader.mjs; a read that fails, or a worker that fails, rejects.
+// Blob → Uint8Array of its bytes, read by blob_reader.mjs; a read that fails, or a worker that fails or stops
+// answering (a 64 MiB file takes well under a second), rejects.
 function blobReader() {
-  const worker = new Worker(new URL("./blob_reader.mjs", import.meta.url), { type: "module" });
-  const pending = new Map();
-  let next = 0;
-  worker.onmessage = ({ data: { id, bytes, error } }) => {
-    const { resolve, reject } = pending.get(id);
-    pending.delete(id);
-    if (error) reject(new Error(`could not read a file from the browser storage: ${error}`));
-    else resolve(new Uint8Array(bytes));
-  };
-  worker.onerror = (e) => {
-    for (const { reject } of pending.values()) reject(new Error(`the storage reader failed: ${e.message}`));
-    pending.clear();
-  };
+  const { ask, close } = workerClient(new URL("./blob_reader.mjs", import.meta.url), "the weights' reader");
   const read = (blob) => {
-    const bytes = new Promise((resolve, reject) => pending.set(next, { resolve, reject }));
-    worker.postMessage({ id: next++, blob });
+    const bytes = ask({ blob }, 60_000).then((b) => new Uint8Array(b));
     bytes.catch(() => {});  // reads ahead of a failed one are dropped, not reported as unhandled
     return bytes;
   };
-  return { read, close: () => worker.terminate() };
+  return { read, close: () => close(new Error("the weights' reader was closed")) };
 }
 
 // weights: [[input name, file, offset, type, dims]] → {input name: tensor over its uploaded buffer}

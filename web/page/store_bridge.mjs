@@ -86,14 +86,15 @@ export async function readRanges(ranges) {
   return out;
 }
 
-// Byte ranges of cached files from their copies in the origin private file system, read by rows_worker.mjs
-// (files: [{url, sha256, bytes}]; copies are made first where missing) → {read([[file index, start, length]]) →
-// Uint8Array, close()}. Throws where the copies cannot be made or opened; the Cache API still serves the ranges.
-export async function openRowReader(cacheName, files) {
-  const worker = new Worker(new URL("./rows_worker.mjs", import.meta.url), { type: "module" });
+// A module worker (`url`) that answers each message {id, ...} with {id, bytes} or {id, error}, as rows_worker.mjs and
+// blob_reader.mjs do → {ask(message, ms) → bytes, close(error)}. A worker that fails, or stops answering for `ms`
+// (it crashed), closes the client: every request then rejects, so that the page does not hang. `name` is the
+// worker's in errors.
+export function workerClient(url, name) {
+  const worker = new Worker(url, { type: "module" });
   const pending = new Map();
   let next = 0;
-  let closed = null;  // why the reader stopped
+  let closed = null;  // why the client stopped
   const close = (error) => {
     closed ??= error;
     worker.terminate();
@@ -110,15 +111,23 @@ export async function openRowReader(cacheName, files) {
     if (data.error) request?.reject(new Error(data.error));
     else request?.resolve(data.bytes);
   };
-  worker.onerror = (e) => close(new Error(`the row reader's worker failed: ${e.message}`));
-  // a worker that stops answering (it crashed) must not hang the page: reads take milliseconds, copies seconds
+  worker.onerror = (e) => close(new Error(`${name}'s worker failed: ${e.message}`));
   const ask = (message, ms) => new Promise((resolve, reject) => {
     if (closed) return reject(closed);
     const id = next++;
-    const timer = setTimeout(() => close(new Error(`the row reader did not answer in ${ms / 1000} s`)), ms);
+    const timer = setTimeout(() => close(new Error(`${name} did not answer in ${ms / 1000} s`)), ms);
     pending.set(id, { resolve, reject, timer });
     worker.postMessage({ id, ...message });
   });
+  return { ask, close };
+}
+
+// Byte ranges of cached files from their copies in the origin private file system, read by rows_worker.mjs
+// (files: [{url, sha256, bytes}]; copies are made first where missing) → {read([[file index, start, length]]) →
+// Uint8Array, close()}. Throws where the copies cannot be made or opened; the Cache API still serves the ranges.
+export async function openRowReader(cacheName, files) {
+  // reads take milliseconds, copies seconds
+  const { ask, close } = workerClient(new URL("./rows_worker.mjs", import.meta.url), "the row reader");
   try {
     await ask({ open: { cacheName, files } }, 600_000);
   } catch (e) {
