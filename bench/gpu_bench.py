@@ -167,7 +167,8 @@ def pages(a) -> None:
             out[key] = {k: r.get(k) for k in ("tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "load_ms", "ms_per_step",
                                               "step_times", "graph_capture", "load_phases_ms", "prefill_ms", "repeats", "step", "kernel_profile_ms", "chained", "table", "table_wait_ms", "copies",
                                               "ready_ms", "ort_start_ms", "wall_s", "started", "then_prompt_tokens", "then_ttft_ms",
-                                              "then_reused_tokens", "then_prefill_ms", "memory")} | {
+                                              "then_reused_tokens", "then_prefill_ms", "memory", "upload_from",
+                                              "upload_trace", "long_tasks")} | {
                 "first_tokens": r["output_ids"][:16], "peak_gpu_mib": sampler.gpu_mib,
                 "peak_rss_gib": {k: round(v / 2**20, 2) for k, v in sampler.rss.items()}}
             record(a, f"{a.kind}/pages", out)  # after each page: a run cut short keeps what it measured

@@ -557,9 +557,10 @@ class WeightBuffers:
     async def create(cls, ort: Any) -> WeightBuffers:
         return cls(ort, await _import(ORT_BRIDGE))
 
-    async def upload(self, files: dict[str, CachedFile | bytes], weights: list) -> None:
+    async def upload(self, files: dict[str, CachedFile | bytes], weights: list, copies: dict | None = None) -> None:
         """Creates the buffers of the `weights` (webgemma.onnx_bytes.ExternalWeight) not uploaded yet and starts
-        writing their bytes from `files` (path → file); `ready` waits for the bytes."""
+        writing their bytes from `files` (path → file), or from their OPFS copies where `copies`
+        (WebModelStore.copy_sources) has them all; `ready` waits for the bytes."""
         missing = sorted({w.location for w in weights} - set(files))
         if missing:
             raise ValueError(f"the graph's weights are in files the manifest does not list: {missing}")
@@ -569,7 +570,8 @@ class WeightBuffers:
         try:
             started = await self._bridge.uploadWeights(self._ort, js_files,
                                                        to_js([[w.location, w.offset, w.length] for w in weights]),
-                                                       self._buffers)
+                                                       self._buffers,
+                                                       to_js(copies, dict_converter=js.Object.fromEntries))
         except JsException as e:
             raise RuntimeError(f"could not upload the weights to the GPU: {e}") from None
         self._filling.append(started.done)

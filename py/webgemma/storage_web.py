@@ -203,6 +203,13 @@ class WebModelStore:
     async def read_range(self, path: str, start: int, length: int) -> bytes:
         return await self.file(path).read(start, length)
 
+    def copy_sources(self, paths: list[str]) -> dict:
+        """The ensured files `paths` as a JS reader of their OPFS copies (made by `start_copies`, maybe on an earlier
+        visit) names them: {cacheName, files: {path: {url, sha256, bytes}}} (ort_bridge.mjs copyReader)."""
+        files = [self._wanted[p] for p in paths]
+        specs = {f.path: {"url": self.url(f.path), "sha256": f.sha256, "bytes": f.bytes} for f in files}
+        return {"cacheName": self.cache, "files": specs}
+
     def start_copies(self, paths: list[str]) -> None:
         """Copies the ensured files `paths` into the origin private file system, in the background (`copying`),
         where a worker reads their byte ranges (a message instead of a Blob read from the Cache API per call):

@@ -57,13 +57,15 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     report = await store.ensure(manifest.files(), on_progress, reverify=reverify)
     phase("files")
     graph = await store.read(manifest.decoder["graph"]["path"])
-    external = {f["path"]: store.file(f["path"]) for f in manifest.decoder["external_data"]}
+    shards = [f["path"] for f in manifest.decoder["external_data"]]
+    external = {path: store.file(path) for path in shards}
     capture = capture and "masks" in manifest.decoder.get("step_graph", {})
     backend = await OrtWebBackend.create(
         graph, external, host_outputs=[manifest.decoder["logits"]], ep=ep,
         # constant folding would materialise the Reshape of the shared embedding: a second copy of 200+ MiB; the
         # other optimizations (onnxruntime's q, k, v fusion) made no prompt faster and session creation ~0.5 s slower
         graph_optimization="disabled", verbose_log=verbose_log, shared_weights=capture, laps=phase,
+        copies=store.copy_sources(shards),
     )
     model = await load_model(store, lambda _: backend, prefill_chunk=prefill_chunk or default_prefill_chunk(manifest.arch),
                              max_context=max_context)
@@ -93,7 +95,9 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     if report.step == "kernels" and table_on_gpu:  # their steps chain on the GPU once it holds the per-layer table
         step.start_upload([(store.file(f["path"]), f["first_row"], f["rows"]) for f in manifest.table["files"]],
                           manifest.table["row_bytes"], after=warming)
-    store.start_copies([f["path"] for f in manifest.table["files"]])  # the per-layer rows, read a row per token
+    # the shards we upload, read faster there by the next visit (first: a short visit may leave the rest uncopied),
+    # and the per-layer rows, read a row per token
+    store.start_copies((shards if backend.weights is not None else []) + [f["path"] for f in manifest.table["files"]])
     report.phases_ms = phase.ms
     return model, backend, report
 

@@ -104,6 +104,22 @@ def test_page_generates_the_cli_tokens(sites, offline_context, quant, backend):
         assert list(placement["counts"]) == ["WebGpuExecutionProvider"], placement  # every node, none on CPU
 
 
+def test_a_later_visit_uploads_the_weights_from_their_copies_in_opfs(sites, offline_context):
+    """The first visit uploads the decoder's shards from the Cache API and copies them into OPFS after loading; the
+    next one reads them from those copies (into reused buffers) and generates the CLI's tokens."""
+    model, site = sites["int4"]
+    expected = cli_json(model, WEBGPU_TOKENS)
+    context, _ = offline_context(site.url)
+    first = run_page(context.new_page(), site, backend="webgpu", max_new_tokens=WEBGPU_TOKENS, wait_copies="1")
+    again = run_page(context.new_page(), site, backend="webgpu", max_new_tokens=WEBGPU_TOKENS)
+    for result in (first, again):
+        assert result.get("error") is None, result
+        assert (result["prompt_ids"], result["output_ids"]) == (expected["prompt_ids"], expected["output_ids"])
+    assert (first["upload_from"], first["copies"], again["upload_from"]) == ("blobs", "opfs", "opfs")
+    shards = {f["path"] for f in json.loads((model / "manifest.json").read_text())["decoder"]["external_data"]}
+    assert {t[0] for t in again["upload_trace"]} >= shards  # every shard uploaded, the per-layer table after them
+
+
 def test_kernels_attend_over_several_chunks_of_the_cache(sites, offline_context):
     """A prompt longer than one attention chunk (64 slots): the kernels' per-chunk softmaxes and their merge."""
     model, site = sites["int4"]

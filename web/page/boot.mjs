@@ -23,6 +23,12 @@ addEventListener("unhandledrejection", (e) => say(`error: ${e.reason?.message ??
 // onnxruntime-web starts while Python boots (the model's load is then ~1 s shorter, the page ready 0–0.5 s sooner:
 // BENCHMARKS.md), unless the page is told to use wasm or `ort_start=0` (benchmarks).
 const params = new URLSearchParams(location.search);
+if (params.get("autorun") === "1") {  // for benchmarks: the main thread's long tasks, [start, duration] in ms
+  globalThis.webgemmaLongTasks = [];
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) globalThis.webgemmaLongTasks.push([e.startTime, e.duration]);
+  }).observe({ type: "longtask" });
+}
 if (params.get("backend") !== "wasm" && params.get("ort_start") !== "0") {
   startOrt(new URL("vendor/ort/", location.href).href);  // webgemma.backends.ort_web.ORT_URL
 }

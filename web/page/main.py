@@ -20,14 +20,17 @@ repeat=N (with prompt_tokens: N prompts of that length one after another, the la
 grow=N (each repeat N tokens longer than the one before), gap_ms=N (wait N ms before each repeat), think_ms=N (wait
 N ms after loading before the prompt, as a reader typing it would), typing=1 (keystrokes every 200 ms while waiting
 think_ms or gap_ms), near_ms=N (the pointer over the prompt's form for the last N ms of think_ms or gap_ms),
-wait_copies=1 (the per-layer table's copies in OPFS ready before the prompt; `copies` says where rows were read),
+wait_copies=1 (the copies in OPFS of the per-layer table and the decoder's shards ready before the prompt; `copies`
+says where rows were read, `upload_from` where this load's upload read the shards: "opfs" or "blobs"),
 wait_table=1 (the kernels' per-layer table on the GPU before the prompt, so that their steps chain; `table` says where it is), chain=N (N kernel steps, at
 most 4, queued at once, each sampling the next one's token on the GPU; 0: one at a time, sampled in Python), gpu_table=0 (the
 kernels read each step's per-layer row from storage, never from the GPU), ort_start=0 (onnxruntime-web starts when
 the model loads, not while Python boots: boot.mjs), warm=0 (no throwaway prefill run after loading: the first prompt
 builds onnxruntime-web's pipelines itself). With autorun the page generates once and sets
 window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, load_ms (from
-Python's start), ready_ms (from the navigation), ort_start_ms ([start, end] of onnxruntime-web's start while booting), ...}
+Python's start), ready_ms (from the navigation), ort_start_ms ([start, end] of onnxruntime-web's start while booting),
+upload_trace (per weights file: [path, bytes, and when the upload's loop started it, had its bytes, had a staging
+buffer, had submitted its copies]), long_tasks ([start, duration] of the main thread's long tasks), ...}
 (or {error} when it cannot).
 """
 
@@ -240,6 +243,8 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str, re
         "table": static.session.table if static else None, "table_wait_ms": table_wait_ms, **then,
         "kernel_subgroups": bool(static and static.session.plan and static.session.plan.subgroups),
         "ready_ms": ready_ms, "ort_start_ms": browser.get_global("webgemmaOrtStart"),
+        "upload_from": browser.get_global("webgemmaUploadFrom"), "long_tasks": browser.get_global("webgemmaLongTasks"),
+        "upload_trace": browser.get_global("webgemmaUploadTrace"),
     })
 
 

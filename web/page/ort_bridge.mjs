@@ -139,9 +139,9 @@ async function spin(ort) {
 
 // Weights as graph inputs (webgemma.onnx_bytes): each is uploaded once and the same GPU buffer is fed to every
 // session. weights: [[file, offset, length]]; files: Map path → Blob or bytes; buffers: "file@offset" → GPUBuffer,
-// the map of earlier uploads, extended. The buffers exist when this returns, so sessions can be created and run
-// over them at once; their bytes follow (`done`, see fillWeights).
-export async function uploadWeights(ort, files, weights, buffers) {
+// the map of earlier uploads, extended; copies: where the files may have copies in OPFS (fillWeights), or null. The
+// buffers exist when this returns, so sessions can be created and run over them at once; their bytes follow (`done`).
+export async function uploadWeights(ort, files, weights, buffers, copies = null) {
   const device = await ort.env.webgpu.device;
   const todo = new Map();  // path → [[offset, length, buffer]]
   for (const [path, offset, length] of weights) {
@@ -153,7 +153,7 @@ export async function uploadWeights(ort, files, weights, buffers) {
     if (!todo.has(path)) todo.set(path, []);
     todo.get(path).push([offset, length, buffer]);
   }
-  return { done: fillWeights(device, files, todo) };  // wrapped: awaiting this call does not wait for the bytes
+  return { done: fillWeights(device, files, todo, copies) };  // wrapped: awaiting this call does not wait for the bytes
 }
 
 // Each file's bytes go into a staging buffer, from which the GPU copies them into the weights' buffers, in queue
@@ -161,39 +161,55 @@ export async function uploadWeights(ort, files, weights, buffers) {
 // turn, serve every file: one is filled while the GPU copies out of the others, and their memory (shared with the
 // GPU process) is allocated and paged in once, not once per file. A worker reads the next READ_AHEAD files while
 // this thread is busy creating sessions: with the one being copied, up to READ_AHEAD + 1 shard files in memory
-// (320 MiB with the exporter's default 64 MiB shards).
+// (320 MiB with the exporter's default 64 MiB shards). It reads them from their copies in OPFS where all exist
+// (`copies`: {cacheName, files: {path: {url, sha256, bytes}}}, made after an earlier load by rows_worker.mjs), into
+// buffers handed back and forth: 3–5 GB/s on an H200's host against 1.1–1.4 for a Blob from the Cache API, which
+// bounded the upload's end (BENCHMARKS.md, nineteenth session). Otherwise, and for any file whose copy fails, from
+// the Cache API.
 const READ_AHEAD = 4;
 const STAGING = 2;
 const words = (bytes) => Math.ceil(bytes / 4) * 4;  // copies move whole 4-byte words
 
 // todo: path → [[offset in the file, length, buffer, offset in the buffer (default 0)]]
-export async function fillWeights(device, files, todo) {
-  const reader = blobReader();
-  const read = (file) => file instanceof Blob ? reader.read(file) : Promise.resolve(file);
+export async function fillWeights(device, files, todo, copies = null) {
   const paths = [...todo.keys()];
+  const reader = (copies && await copyReader(copies, paths)) || blobReader();
+  globalThis.webgemmaUploadFrom ??= reader.from;  // for benchmarks: where the first upload (the decoder's) read
+  const read = (path) => {
+    const file = files.get(path);
+    return file instanceof Blob ? reader.read(file, path) : Promise.resolve(file);
+  };
   const size = words(Math.max(4, ...paths.map((path) => files.get(path).size ?? files.get(path).byteLength)));
   const staging = Array.from({ length: STAGING }, () => device.createBuffer({
     size, usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true,
   }));
-  const reads = paths.slice(0, READ_AHEAD).map((path) => read(files.get(path)));
+  const reads = paths.slice(0, READ_AHEAD).map(read);
+  // for benchmarks: [file, bytes, loop start, bytes here, staging mapped, copies submitted] (ms since navigation)
+  const trace = (globalThis.webgemmaUploadTrace ??= []);
   try {
     for (let i = 0; i < paths.length; i++) {
+      const t = [paths[i], 0, performance.now()];
       const data = await reads[i];
+      t[1] = data.byteLength;
+      t.push(performance.now());
       reads[i] = null;
-      if (i + READ_AHEAD < paths.length) reads.push(read(files.get(paths[i + READ_AHEAD])));
+      if (i + READ_AHEAD < paths.length) reads.push(read(paths[i + READ_AHEAD]));
       const from = staging[i % STAGING];
       if (i >= STAGING) await from.mapAsync(GPUMapMode.WRITE);  // once the GPU has copied its last file out
+      t.push(performance.now());
       const end = words(data.byteLength);
       const mapped = new Uint8Array(from.getMappedRange(0, end));
       mapped.set(data);
       mapped.fill(0, data.byteLength);  // the last word's spare bytes, as a fresh buffer has them
       from.unmap();
+      reader.reuse?.(data);
       const encoder = device.createCommandEncoder();
       for (const [offset, length, buffer, at = 0] of todo.get(paths[i])) {
         // the exporter starts every tensor at a multiple of 64 bytes
         encoder.copyBufferToBuffer(from, offset, buffer, at, Math.min(words(length), end - offset));
       }
       device.queue.submit([encoder.finish()]);
+      trace.push([...t, performance.now()]);
     }
   } finally {
     reader.close();
@@ -210,7 +226,36 @@ function blobReader() {
     bytes.catch(() => {});  // reads ahead of a failed one are dropped, not reported as unhandled
     return bytes;
   };
-  return { read, close: () => close(new Error("the weights' reader was closed")) };
+  return { read, from: "blobs", close: () => close(new Error("the weights' reader was closed")) };
+}
+
+// The files' OPFS copies, read by rows_worker.mjs into buffers that come back for the next file once their bytes
+// are staged (`reuse`): fresh 64 MiB buffers read no faster than the Cache API. Null where a file has no copy yet
+// (nothing is copied here: the store copies after loading); a read that fails goes to the Cache API.
+async function copyReader({ cacheName, files }, paths) {
+  const { ask, close } = workerClient(new URL("./rows_worker.mjs", import.meta.url), "the weights' copy reader");
+  try {
+    await ask({ open: { cacheName, files: paths.map((path) => files[path]), make: false } }, 10_000);
+  } catch {
+    close(new Error("the weights' copies are not all there"));
+    return null;
+  }
+  let fallback = null;
+  const size = Math.max(...paths.map((path) => files[path].bytes));
+  const spare = [];
+  const read = (blob, path) => {
+    const into = spare.pop() ?? new ArrayBuffer(size);
+    const bytes = ask({ read: [[paths.indexOf(path), 0, files[path].bytes]], into }, 60_000, [into])
+      .catch(() => (fallback ??= blobReader()).read(blob));
+    bytes.catch(() => {});
+    return bytes;
+  };
+  // a fallback's bytes may be in a smaller buffer
+  const reuse = (data) => { if (data.buffer.byteLength === size) spare.push(data.buffer); };
+  return {
+    read, reuse, from: "opfs",
+    close: () => { close(new Error("the weights' copy reader was closed")); fallback?.close(); },
+  };
 }
 
 // weights: [[input name, file, offset, type, dims]] → {input name: tensor over its uploaded buffer}

@@ -87,9 +87,9 @@ export async function readRanges(ranges) {
 }
 
 // A module worker (`url`) that answers each message {id, ...} with {id, bytes} or {id, error}, as rows_worker.mjs and
-// blob_reader.mjs do → {ask(message, ms) → bytes, close(error)}. A worker that fails, or stops answering for `ms`
-// (it crashed), closes the client: every request then rejects, so that the page does not hang. `name` is the
-// worker's in errors.
+// blob_reader.mjs do → {ask(message, ms, transfer) → bytes, close(error)}. A worker that fails, or stops answering
+// for `ms` (it crashed), closes the client: every request then rejects, so that the page does not hang. `name` is
+// the worker's in errors.
 export function workerClient(url, name) {
   const worker = new Worker(url, { type: "module" });
   const pending = new Map();
@@ -112,12 +112,12 @@ export function workerClient(url, name) {
     else request?.resolve(data.bytes);
   };
   worker.onerror = (e) => close(new Error(`${name}'s worker failed: ${e.message}`));
-  const ask = (message, ms) => new Promise((resolve, reject) => {
+  const ask = (message, ms, transfer = []) => new Promise((resolve, reject) => {
     if (closed) return reject(closed);
     const id = next++;
     const timer = setTimeout(() => close(new Error(`${name} did not answer in ${ms / 1000} s`)), ms);
     pending.set(id, { resolve, reject, timer });
-    worker.postMessage({ id, ...message });
+    worker.postMessage({ id, ...message }, transfer);
   });
   return { ask, close };
 }

@@ -112,6 +112,7 @@ class OrtWebBackend:
         num_threads: int | None = None,
         shared_weights: bool = False,
         laps: Laps | None = None,
+        copies: dict | None = None,
     ) -> OrtWebBackend:
         """A session over `model` (the .onnx bytes) whose external-data files are `external_data`, keyed by the
         tensors' `location` exactly (e.g. "weights/decoder-00.bin").
@@ -123,6 +124,8 @@ class OrtWebBackend:
         num_threads: wasm threads (default: ort_bridge.mjs defaultThreads).
         shared_weights: on WebGPU, upload the weights ourselves, for a step session to share (`step_session`).
         laps: where the time goes (runtime, graph_edit, buffers, session), for a load report.
+        copies: with shared_weights, where the external-data files may have copies in OPFS, read faster than the
+        Cache API (`WebModelStore.copy_sources`).
         """
         lap = laps or Laps()
         name, notice, adapter = await pick_ep(ep)
@@ -151,7 +154,7 @@ class OrtWebBackend:
         model, weights = weights_as_inputs(model)
         lap("graph_edit")
         buffers = await browser.WeightBuffers.create(ort)
-        await buffers.upload(dict(external_data or {}), weights)
+        await buffers.upload(dict(external_data or {}), weights, copies)
         lap("buffers")
         try:
             session = await browser.ort_session(ort, model, {}, options, verbose=verbose_log)
