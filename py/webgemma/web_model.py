@@ -65,7 +65,8 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
         # constant folding would materialise the Reshape of the shared embedding: a second copy of 200+ MiB; the
         # other optimizations (onnxruntime's q, k, v fusion) made no prompt faster and session creation ~0.5 s slower
         graph_optimization="disabled", verbose_log=verbose_log, shared_weights=capture, laps=phase,
-        copies=store.copy_sources(shards),
+        # a visit that fetched the shards just now does not look for their copies (no worker started)
+        copies=None if set(shards) & set(report.downloaded + report.refetched) else store.copy_sources(shards),
     )
     model = await load_model(store, lambda _: backend, prefill_chunk=prefill_chunk or default_prefill_chunk(manifest.arch),
                              max_context=max_context)
