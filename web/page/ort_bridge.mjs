@@ -1,7 +1,7 @@
 // onnxruntime-web glue for py/browser.py: loading a bundle once, creating a session while recording ORT's log.
 // Everything else (feeds, outputs, conversions) is done from Python.
 
-import { workerClient } from "./store_bridge.mjs";
+import { openRowReader, workerClient } from "./store_bridge.mjs";
 
 // ORT's wasm module binds console.log/error when it initialises, so a recorder must already sit in the console
 // by then: this tap forwards every call and, while a session is being created, also keeps the line.
@@ -229,33 +229,28 @@ function blobReader() {
   return { read, from: "blobs", close: () => close(new Error("the weights' reader was closed")) };
 }
 
-// The files' OPFS copies, read by rows_worker.mjs into buffers that come back for the next file once their bytes
-// are staged (`reuse`): fresh 64 MiB buffers read no faster than the Cache API. Null where a file has no copy yet
-// (nothing is copied here: the store copies after loading); a read that fails goes to the Cache API.
+// The files' OPFS copies, read by rows_worker.mjs (openRowReader) into buffers that come back for the next file once
+// their bytes are staged (`reuse`): fresh 64 MiB buffers read no faster than the Cache API. Null where a file has no
+// copy yet (nothing is copied here: the store copies after loading); a read that fails goes to the Cache API.
 async function copyReader({ cacheName, files }, paths) {
-  const { ask, close } = workerClient(new URL("./rows_worker.mjs", import.meta.url), "the weights' copy reader");
+  let copies;
   try {
-    await ask({ open: { cacheName, files: paths.map((path) => files[path]), make: false } }, 10_000);
+    copies = await openRowReader(cacheName, paths.map((path) => files[path]), false);
   } catch {
-    close(new Error("the weights' copies are not all there"));
     return null;
   }
   let fallback = null;
   const size = Math.max(...paths.map((path) => files[path].bytes));
   const spare = [];
   const read = (blob, path) => {
-    const into = spare.pop() ?? new ArrayBuffer(size);
-    const bytes = ask({ read: [[paths.indexOf(path), 0, files[path].bytes]], into }, 60_000, [into])
+    const bytes = copies.read([[paths.indexOf(path), 0, files[path].bytes]], spare.pop() ?? new ArrayBuffer(size))
       .catch(() => (fallback ??= blobReader()).read(blob));
     bytes.catch(() => {});
     return bytes;
   };
   // a fallback's bytes may be in a smaller buffer
   const reuse = (data) => { if (data.buffer.byteLength === size) spare.push(data.buffer); };
-  return {
-    read, reuse, from: "opfs",
-    close: () => { close(new Error("the weights' copy reader was closed")); fallback?.close(); },
-  };
+  return { read, reuse, from: "opfs", close: () => { copies.close(); fallback?.close(); } };
 }
 
 // weights: [[input name, file, offset, type, dims]] → {input name: tensor over its uploaded buffer}

@@ -123,18 +123,22 @@ export function workerClient(url, name) {
 }
 
 // Byte ranges of cached files from their copies in the origin private file system, read by rows_worker.mjs
-// (files: [{url, sha256, bytes}]; copies are made first where missing) → {read([[file index, start, length]]) →
-// Uint8Array, close()}. Throws where the copies cannot be made or opened; the Cache API still serves the ranges.
-export async function openRowReader(cacheName, files) {
+// (files: [{url, sha256, bytes}]; copies are made first where missing, unless `make` is false) →
+// {read([[file index, start, length]], into) → Uint8Array (in the ArrayBuffer `into`, transferred, where given),
+// close()}. Throws where the copies cannot be made (or are missing) or opened; the Cache API still serves the ranges.
+export async function openRowReader(cacheName, files, make = true) {
   // reads take milliseconds, copies seconds
   const { ask, close } = workerClient(new URL("./rows_worker.mjs", import.meta.url), "the row reader");
   try {
-    await ask({ open: { cacheName, files } }, 600_000);
+    await ask({ open: { cacheName, files, make } }, 600_000);
   } catch (e) {
     close(e);
     throw e;
   }
-  return { read: (ranges) => ask({ read: ranges }, 10_000), close: () => close(new Error("the row reader was closed")) };
+  return {
+    read: (ranges, into) => ask({ read: ranges, into }, 10_000, into ? [into] : []),
+    close: () => close(new Error("the row reader was closed")),
+  };
 }
 
 // One token's per-layer row for a decode step that reads it itself (kernel_step.mjs): {reader, copies, blobs} from
