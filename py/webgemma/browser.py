@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -339,10 +339,11 @@ STORE_BRIDGE = "store_bridge.mjs"
 class CachedFile:
     """A verified file held in the Cache API, read by byte range without loading it whole."""
 
-    def __init__(self, blob: Any, name: str) -> None:
+    def __init__(self, blob: Any, name: str, verified: str = "") -> None:
         self._blob = blob
         self.name = name
         self.size = int(blob.size)
+        self.verified = verified  # the sha256 recorded by `cache_mark_verified` when it was looked up, or ""
 
     async def read(self, start: int = 0, length: int | None = None) -> bytes:
         if length is None:
@@ -403,19 +404,15 @@ async def open_row_reader(cache: str, files: list[tuple[str, str, int]]) -> RowR
         raise OSError(str(e)) from None
 
 
-async def cache_info(cache: str, url: str) -> tuple[int, str] | None:
-    """(size, sha256 recorded by `cache_mark_verified` or "") of the cached entry for `url`; None if absent."""
-    info = await (await _import(STORE_BRIDGE)).cachedInfo(cache, url)
-    return None if info is None else (int(info.size), str(info.verified))
-
-
 async def cache_mark_verified(cache: str, url: str, sha256: str) -> None:
     await (await _import(STORE_BRIDGE)).markVerified(cache, url, sha256)
 
 
-async def cache_file(cache: str, url: str, name: str) -> CachedFile | None:
-    blob = await (await _import(STORE_BRIDGE)).cachedBlob(cache, url)
-    return None if blob is None else CachedFile(blob, name)
+async def cache_files(cache: str, urls: Mapping[str, str]) -> dict[str, CachedFile | None]:
+    """The cached entry of each of {name: url}, by name (None where absent), looked up at once."""
+    entries = await (await _import(STORE_BRIDGE)).cachedEntries(cache, to_js(list(urls.values())))
+    return {name: None if e is None else CachedFile(e.blob, name, str(e.verified))
+            for name, e in zip(urls, entries)}
 
 
 async def cache_download(cache: str, url: str, on_bytes: Callable[[int], None], *, reload: bool = False) -> int:

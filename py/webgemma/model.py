@@ -36,8 +36,9 @@ class Model:
 
 
 async def load_model(store: ModelStore, make_backend: Callable[[Manifest], Backend], *, prefill_chunk: int = 256,
-                     max_context: int | None = None) -> Model:
-    manifest = parse_manifest(await store.read("manifest.json"))
+                     max_context: int | None = None, manifest: Manifest | None = None) -> Model:
+    """manifest: the store's, read already (the web store reads it from the network each time)."""
+    manifest = manifest or parse_manifest(await store.read("manifest.json"))
     tokenizer = Tokenizer.from_bytes(await store.read(manifest.raw["tokenizer"]["path"]))
     source = manifest.raw.get("chat_template")
     template = ChatTemplate(source, manifest.raw["special_tokens"], manifest.raw.get("chat_control_tokens")) if source else None

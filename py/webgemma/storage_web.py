@@ -97,15 +97,16 @@ class WebModelStore:
         report = EnsureReport()
         notify = on_progress or (lambda p: None)
         missing, unverified = [], []
+        found = await browser.cache_files(self.cache, {f.path: self.url(f.path) for f in wanted})
         for f in wanted:
-            info = await browser.cache_info(self.cache, self.url(f.path))
-            if info is None:
+            cached = found[f.path]
+            if cached is None:
                 missing.append(f)
-            elif info[0] != f.bytes:
+            elif cached.size != f.bytes:
                 await browser.cache_delete(self.cache, self.url(f.path))
                 report.refetched.append(f.path)
                 missing.append(f)
-            elif reverify or info[1] != f.sha256:
+            elif reverify or cached.verified != f.sha256:
                 unverified.append(f)
         await self._check_space(missing)
         report.downloaded = [f.path for f in missing if f.path not in report.refetched]
@@ -124,11 +125,13 @@ class WebModelStore:
                 raise ModelFileError(
                     f"model file(s) {names} failed the sha256 check again after a fresh download: the copy at "
                     f"{self.base_url} does not match the manifest", [f.path for f in still])
+        # entries stored or re-stored (marked verified) since the look-up above: their Blobs are looked up again
+        if missing or unverified:
+            found |= await browser.cache_files(self.cache, {f.path: self.url(f.path) for f in missing + unverified})
         for f in wanted:
-            cached = await browser.cache_file(self.cache, self.url(f.path), f.path)
-            if cached is None:
+            if found[f.path] is None:
                 raise ModelFileError(f"model file {f.path} vanished from the browser cache (evicted?)", [f.path])
-            self._files[f.path] = cached
+            self._files[f.path] = found[f.path]
         return report
 
     async def _check_space(self, missing: list[ModelFile]) -> None:
@@ -182,7 +185,7 @@ class WebModelStore:
         return bad
 
     async def _sha256_here(self, f: ModelFile) -> str:
-        cached = await browser.cache_file(self.cache, self.url(f.path), f.path)
+        cached = (await browser.cache_files(self.cache, {f.path: self.url(f.path)}))[f.path]
         h = hashlib.sha256()
         for at in range(0, cached.size, _HASH_CHUNK):
             h.update(await cached.read(at, min(_HASH_CHUNK, cached.size - at)))
@@ -263,9 +266,9 @@ class WebModelStore:
         try:
             await browser.cache_download(self.cache, url, lambda n: None)
         except OSError:
-            if await browser.cache_info(self.cache, url) is None:
+            if (await browser.cache_files(self.cache, {path: url}))[path] is None:
                 raise
-        cached = await browser.cache_file(self.cache, url, path)
+        cached = (await browser.cache_files(self.cache, {path: url}))[path]
         return await cached.read()
 
     async def forget(self) -> int:

@@ -69,16 +69,14 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
         copies=None if set(shards) & set(report.downloaded + report.refetched) else store.copy_sources(shards),
     )
     model = await load_model(store, lambda _: backend, prefill_chunk=prefill_chunk or default_prefill_chunk(manifest.arch),
-                             max_context=max_context)
+                             max_context=max_context, manifest=manifest)
     phase("tokenizer")
     if capture and backend.name == "webgpu":
-        step_graph = await store.read(manifest.decoder["step_graph"]["path"])
         context = min(model.engine.max_context, max_context or STEP_CONTEXT)
         step = None
         if kernels:
             try:
-                step = await backend.step_session(step_graph, external, manifest, context, laps=phase, kernels=True,
-                                                  kernel_options=kernel_options)
+                step = await backend.kernel_step(graph, manifest, context, laps=phase, options=kernel_options)
                 await _start_step(model, step)  # the kernels' first runs: WebGPU errors show here
                 report.step = "kernels"
             except (KernelPlanError, RuntimeError) as e:
@@ -86,6 +84,7 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
                     await backend.discard_step(step)
                 step, report.step = None, f"graph (the kernels: {e})"
         if step is None:
+            step_graph = await store.read(manifest.decoder["step_graph"]["path"])
             await _start_step(model, await backend.step_session(step_graph, external, manifest, context, laps=phase))
             report.step = report.step or "graph"
         phase("record_step")

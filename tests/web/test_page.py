@@ -106,18 +106,26 @@ def test_page_generates_the_cli_tokens(sites, offline_context, quant, backend):
 
 def test_a_later_visit_uploads_the_weights_from_their_copies_in_opfs(sites, offline_context):
     """The first visit uploads the decoder's shards from the Cache API and copies them into OPFS after loading; the
-    next one reads them from those copies (into reused buffers) and generates the CLI's tokens."""
+    next one reads them from those copies (into reused buffers) and generates the CLI's tokens; a visit that finds a
+    copy gone reads them from the Cache API."""
     model, site = sites["int4"]
     expected = cli_json(model, WEBGPU_TOKENS)
     context, _ = offline_context(site.url)
     first = run_page(context.new_page(), site, backend="webgpu", max_new_tokens=WEBGPU_TOKENS, wait_copies="1")
-    again = run_page(context.new_page(), site, backend="webgpu", max_new_tokens=WEBGPU_TOKENS)
-    for result in (first, again):
+    page = context.new_page()
+    again = run_page(page, site, backend="webgpu", max_new_tokens=WEBGPU_TOKENS)
+    shards = json.loads((model / "manifest.json").read_text())["decoder"]["external_data"]
+    page.evaluate("""async (sha256) => {
+        const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle("webgemma-rows");
+        await dir.removeEntry(`${sha256}.done`);
+    }""", shards[-1]["sha256"])
+    gone = run_page(context.new_page(), site, backend="webgpu", max_new_tokens=WEBGPU_TOKENS)
+    for result in (first, again, gone):
         assert result.get("error") is None, result
         assert (result["prompt_ids"], result["output_ids"]) == (expected["prompt_ids"], expected["output_ids"])
-    assert (first["upload_from"], first["copies"], again["upload_from"]) == ("blobs", "opfs", "opfs")
-    shards = {f["path"] for f in json.loads((model / "manifest.json").read_text())["decoder"]["external_data"]}
-    assert {t[0] for t in again["upload_trace"]} >= shards  # every shard uploaded, the per-layer table after them
+    assert [r["upload_from"] for r in (first, again, gone)] == ["blobs", "opfs", "blobs"]
+    assert first["copies"] == "opfs"
+    assert {t[0] for t in again["upload_trace"]} >= {f["path"] for f in shards}  # every shard, the table after them
 
 
 def test_kernels_attend_over_several_chunks_of_the_cache(sites, offline_context):

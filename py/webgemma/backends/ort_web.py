@@ -22,7 +22,7 @@ from .. import browser
 from ..browser import CachedFile, JsTensor
 from ..laps import Laps
 from ..kernel_plan import KernelPlan, kernel_plan
-from ..onnx_bytes import float_initializers, graph_output_names, weights_as_inputs
+from ..onnx_bytes import ExternalWeight, float_initializers, graph_output_names, weights_as_inputs
 from ..static_cache import step_caches
 
 ORT_URL = "vendor/ort/"  # relative to the page; the site builder puts onnxruntime-web there
@@ -90,6 +90,7 @@ class OrtWebBackend:
         self._ort = ort  # the onnxruntime-web module, for further sessions (the step session)
         self._steps: list[browser.JsStepSession] = []
         self.weights: browser.WeightBuffers | None = None  # on WebGPU, shared by the sessions
+        self.shared: list[ExternalWeight] = []  # the weights in them
         self.name = name  # "webgpu" or "wasm"
         self.notice = notice  # why wasm was chosen, when it was chosen for want of WebGPU
         self.adapter = adapter  # the WebGPU adapter's vendor, architecture, limits (None on wasm)
@@ -163,52 +164,63 @@ class OrtWebBackend:
             raise
         lap("session")
         backend = cls(session, name, notice, host_outputs, adapter, ort)
-        backend.weights = buffers
+        backend.weights, backend.shared = buffers, weights
         session.weights = buffers.feeds(weights)
         backend.input_names = [n for n in session.input_names if n not in {w.name for w in weights}]
         return backend
 
+    async def kernel_step(self, graph: bytes, manifest, context: int, laps: Laps | None = None,
+                          options: dict | None = None) -> WebStepSession:
+        """The decode step as hand-written kernels (webgemma.kernel_plan) over the weights the prefill session uses,
+        its caches fixed buffers for `context` tokens (see `step_session`). `graph`: the prefill graph, whose
+        float32 constants (norms, layer scalars) the kernels take as numbers (the step graph holds the same ones:
+        the kernels need it neither read nor parsed). KernelPlanError where the export is not one they read.
+        options: kernel_plan's lanes, subgroups (by default where the device's are usable)."""
+        lap = laps or Laps()
+        context, caches = self._step_caches(manifest, context)
+        limit = self.adapter.get("max_storage_buffer_binding_size", 128 * 2**20)
+        options = {"table_buffer_bytes": min(limit, self.adapter.get("max_buffer_size", limit))} | (options or {})
+        if "subgroups" not in options:
+            options["subgroups"] = await browser.subgroups_usable(self._ort)
+        plan = kernel_plan(manifest, self.shared, float_initializers(graph), context, **options)
+        lap("step_graph_edit")
+        step = await browser.kernel_step(self._ort, self.weights, self.shared, plan)
+        lap("step_session")
+        self._steps.append(step)  # released with this backend
+        return WebStepSession(step, caches, manifest.decoder["top_k"]["k"], plan)
+
     async def step_session(self, model: bytes, external_data: Mapping[str, CachedFile | bytes], manifest,
-                           context: int, laps: Laps | None = None, kernels: bool = False,
-                           kernel_options: dict | None = None) -> WebStepSession:
+                           context: int, laps: Laps | None = None) -> WebStepSession:
         """The step graph under graph capture (WebGPU only), fed the weights the prefill session uses (one GPU copy),
-        its caches fixed buffers for `context` tokens (fewer where the adapter cannot bind a cache that large).
-        kernels: the same step as hand-written kernels instead (webgemma.kernel_plan; KernelPlanError where the
-        export is not one they read), kernel_plan's options `kernel_options` (lanes, subgroups; subgroups
-        by default where the device's are usable)."""
+        its caches fixed buffers for `context` tokens (fewer where the adapter cannot bind a cache that large)."""
+        lap = laps or Laps()
+        context, caches = self._step_caches(manifest, context)
+        io = manifest.decoder
+        graph, weights = weights_as_inputs(model)
+        await self.weights.upload(dict(external_data), weights)  # the prefill graph's: nothing new to upload
+        rows = [{"name": c["output"], "type": "float32", "dims": [1, c["dims"][1], 1, c["dims"][3]]} for c in caches]
+        k = io["top_k"]["k"]
+        outputs = [{"name": io["top_k"]["values"], "type": "float32", "dims": [1, k]},
+                   {"name": io["top_k"]["ids"], "type": "int64", "dims": [1, k]}]
+        # the EP only gets its enableGraphCapture option when it is named by an object, not by a string
+        session_options = {"executionProviders": [{"name": "webgpu"}], "graphOptimizationLevel": "disabled",
+                           "preferredOutputLocation": "gpu-buffer"}
+        lap("step_graph_edit")
+        step = await browser.ort_step_session(self._ort, graph, self.weights.feeds(weights), session_options,
+                                              {"caches": caches, "rows": rows, "outputs": outputs})
+        lap("step_session")
+        self._steps.append(step)  # released with this backend
+        return WebStepSession(step, caches, k, None)
+
+    def _step_caches(self, manifest, context: int) -> tuple[int, list[dict]]:
+        """`context`, fewer where a global layer's cache (one buffer) would not fit the adapter's largest storage
+        binding, and a step's caches for it."""
         if self.weights is None:
             raise ValueError("a step session needs the WebGPU EP and a backend created with shared_weights")
         io = manifest.decoder
-        # each cache is one buffer: a global layer's must fit the adapter's largest storage binding
         limit = (self.adapter or {}).get("max_storage_buffer_binding_size", 128 * 2**20)
         context = min([context] + [limit // (4 * c["num_key_value_heads"] * c["head_dim"]) for c in io["cache"]])
-        caches = [c | {"type": "float32"} for c in step_caches(io, context)]
-        lap = laps or Laps()
-        graph, weights = weights_as_inputs(model)
-        await self.weights.upload(dict(external_data), weights)  # the prefill graph's: nothing new to upload
-        if kernels:
-            buffer = min(limit, (self.adapter or {}).get("max_buffer_size", limit))
-            options = dict(kernel_options or {})
-            if "subgroups" not in options:
-                options["subgroups"] = await browser.subgroups_usable(self._ort)
-            plan = kernel_plan(manifest, weights, float_initializers(model), context, table_buffer_bytes=buffer, **options)
-            lap("step_graph_edit")
-            step = await browser.kernel_step(self._ort, self.weights, weights, plan)
-        else:
-            rows = [{"name": c["output"], "type": "float32", "dims": [1, c["dims"][1], 1, c["dims"][3]]} for c in caches]
-            k = io["top_k"]["k"]
-            outputs = [{"name": io["top_k"]["values"], "type": "float32", "dims": [1, k]},
-                       {"name": io["top_k"]["ids"], "type": "int64", "dims": [1, k]}]
-            # the EP only gets its enableGraphCapture option when it is named by an object, not by a string
-            session_options = {"executionProviders": [{"name": "webgpu"}], "graphOptimizationLevel": "disabled",
-                               "preferredOutputLocation": "gpu-buffer"}
-            lap("step_graph_edit")
-            step = await browser.ort_step_session(self._ort, graph, self.weights.feeds(weights), session_options,
-                                                  {"caches": caches, "rows": rows, "outputs": outputs})
-            plan = None
-        lap("step_session")
-        self._steps.append(step)  # released with this backend
-        return WebStepSession(step, caches, io["top_k"]["k"], plan)
+        return context, [c | {"type": "float32"} for c in step_caches(io, context)]
 
     async def discard_step(self, step: WebStepSession) -> None:
         """Releases a step session that will not be used (a kernel step that failed while loading)."""
