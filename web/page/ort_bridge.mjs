@@ -172,6 +172,7 @@ const words = (bytes) => Math.ceil(bytes / 4) * 4;  // copies move whole 4-byte 
 
 // todo: path → [[offset in the file, length, buffer, offset in the buffer (default 0)]]
 export async function fillWeights(device, files, todo, copies = null) {
+  if (!todo.size) return;  // e.g. the step graph's weights, all uploaded for the prefill graph
   const paths = [...todo.keys()];
   const reader = (copies && await copyReader(copies, paths)) || blobReader();
   globalThis.webgemmaUploadFrom ??= reader.from;  // for benchmarks: where the first upload (the decoder's) read
@@ -184,6 +185,7 @@ export async function fillWeights(device, files, todo, copies = null) {
     size, usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC, mappedAtCreation: true,
   }));
   const reads = paths.slice(0, READ_AHEAD).map(read);
+  const maps = [];  // each staging buffer's map, asked for right after its copies are submitted
   // for benchmarks: [file, bytes, loop start, bytes here, staging mapped, copies submitted] (ms since navigation)
   const trace = (globalThis.webgemmaUploadTrace ??= []);
   try {
@@ -195,7 +197,7 @@ export async function fillWeights(device, files, todo, copies = null) {
       reads[i] = null;
       if (i + READ_AHEAD < paths.length) reads.push(read(paths[i + READ_AHEAD]));
       const from = staging[i % STAGING];
-      if (i >= STAGING) await from.mapAsync(GPUMapMode.WRITE);  // once the GPU has copied its last file out
+      if (i >= STAGING) await maps[i % STAGING];  // once the GPU has copied its last file out
       t.push(performance.now());
       const end = words(data.byteLength);
       const mapped = new Uint8Array(from.getMappedRange(0, end));
@@ -209,6 +211,10 @@ export async function fillWeights(device, files, todo, copies = null) {
         encoder.copyBufferToBuffer(from, offset, buffer, at, Math.min(words(length), end - offset));
       }
       device.queue.submit([encoder.finish()]);
+      if (i + STAGING < paths.length) {
+        maps[i % STAGING] = from.mapAsync(GPUMapMode.WRITE);
+        maps[i % STAGING].catch(() => {});  // an upload that fails destroys its staging buffers while they map
+      }
       trace.push([...t, performance.now()]);
     }
   } finally {
