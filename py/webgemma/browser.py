@@ -393,13 +393,12 @@ def row_source(ranges: list[tuple[CachedFile, int, int]], reader: RowReader | No
                  dict_converter=js.Object.fromEntries)
 
 
-async def open_row_reader(cache: str, files: list[tuple[str, str, int]]) -> RowReader:
-    """A RowReader over the cached (url, sha256, bytes) files, copied first where they have no copy yet. Raises
-    OSError where the copies cannot be made or opened (no OPFS, too little storage)."""
-    specs = [{"url": url, "sha256": sha256, "bytes": size} for url, sha256, size in files]
+async def open_row_reader(cache: str, files: list[dict]) -> RowReader:
+    """A RowReader over the cached files ({url, sha256, bytes} each), copied first where they have no copy yet.
+    Raises OSError where the copies cannot be made or opened (no OPFS, too little storage)."""
     try:
         return RowReader(await (await _import(STORE_BRIDGE)).openRowReader(
-            cache, to_js(specs, dict_converter=js.Object.fromEntries)))
+            cache, to_js(files, dict_converter=js.Object.fromEntries)))
     except JsException as e:
         raise OSError(str(e)) from None
 

@@ -209,9 +209,12 @@ class WebModelStore:
     def copy_sources(self, paths: list[str]) -> dict:
         """The ensured files `paths` as a JS reader of their OPFS copies (made by `start_copies`, maybe on an earlier
         visit) names them: {cacheName, files: {path: {url, sha256, bytes}}} (ort_bridge.mjs copyReader)."""
-        files = [self._wanted[p] for p in paths]
-        specs = {f.path: {"url": self.url(f.path), "sha256": f.sha256, "bytes": f.bytes} for f in files}
-        return {"cacheName": self.cache, "files": specs}
+        return {"cacheName": self.cache, "files": {p: self._copy_spec(p) for p in paths}}
+
+    def _copy_spec(self, path: str) -> dict:
+        """How rows_worker.mjs finds an ensured file in the Cache API and names its copy: {url, sha256, bytes}."""
+        f = self._wanted[path]
+        return {"url": self.url(path), "sha256": f.sha256, "bytes": f.bytes}
 
     def start_copies(self, paths: list[str]) -> None:
         """Copies the ensured files `paths` into the origin private file system, in the background (`copying`),
@@ -221,9 +224,8 @@ class WebModelStore:
         self.copying = asyncio.ensure_future(self._open_copies(list(paths)))
 
     async def _open_copies(self, paths: list[str]) -> None:
-        files = [self._wanted[p] for p in paths]
         try:
-            reader = await browser.open_row_reader(self.cache, [(self.url(f.path), f.sha256, f.bytes) for f in files])
+            reader = await browser.open_row_reader(self.cache, [self._copy_spec(p) for p in paths])
         except OSError as e:
             self.copies = f"none (OPFS: {e})"
             return
