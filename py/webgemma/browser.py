@@ -337,7 +337,8 @@ STORE_BRIDGE = "store_bridge.mjs"
 
 
 class CachedFile:
-    """A verified file held in the Cache API, read by byte range without loading it whole."""
+    """A file held in the Cache API (verified, once a store has ensured it), read by byte range without loading it
+    whole."""
 
     def __init__(self, blob: Any, name: str, verified: str = "") -> None:
         self._blob = blob

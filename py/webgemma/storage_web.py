@@ -265,12 +265,14 @@ class WebModelStore:
     async def _read_unlisted(self, path: str) -> bytes:
         """A file outside the verified list (the manifest): network first, the cached copy when offline."""
         url = self.url(path)
+        offline = None
         try:
             await browser.cache_download(self.cache, url, lambda n: None)
-        except OSError:
-            if (await browser.cache_files(self.cache, {path: url}))[path] is None:
-                raise
+        except OSError as e:
+            offline = e
         cached = (await browser.cache_files(self.cache, {path: url}))[path]
+        if cached is None:
+            raise offline or ModelFileError(f"{path} is not in the browser cache right after its download", [path])
         return await cached.read()
 
     async def forget(self) -> int:
