@@ -105,7 +105,7 @@ async function main() {
   for (const shape of cfg.shapes) {
     const act = device.createBuffer({ size: 4 * shape.act_words, usage });
     device.queue.writeBuffer(act, 0, new Float32Array(shape.x));
-    const uniform = device.createBuffer({ size: 64, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+    const uniform = device.createBuffer({ size: Math.ceil(shape.uniform.length / 4) * 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
     device.queue.writeBuffer(uniform, 0, new Uint32Array(shape.uniform));
     const weights = Array.from({ length: shape.copies }, () => shape.rows.map((n) => [
       filled(n * shape.k / 2, words), filled(n * shape.k / 32 * 4, scales)]));

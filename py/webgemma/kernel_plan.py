@@ -1,14 +1,14 @@
 """The decode step as hand-written WebGPU kernels (web/page/wgsl.mjs), planned here, run by kernel_step.mjs.
 
 The same maths as the exporter's step graph (exporter/graph/decoder.py), over the same uploaded weights and fixed
-caches (webgemma.static_cache), in 10 dispatches per layer instead of ~30 onnxruntime nodes:
+caches (webgemma.static_cache), in 9 or 10 dispatches per layer instead of ~30 onnxruntime nodes:
 
     norm     h' = (h + post_per_layer_input_norm(z)) * layer_scalar of the layer before; x = input_layernorm(h')
     qkv      q, k, v projections of x
     attend   q_norm / k_norm / v_norm per head, RoPE on q and k; per chunk of 64 cache slots: q·K + mask, their
              softmax's max and sum, the weighted sum of V
-    merge    the chunks and the token's own key and value row
-    o_proj
+    merge    the chunks and the token's own key and value row, a workgroup per head and block of MERGE_COLUMNS
+    o_proj   (where the chunks are few, MERGE_LOADS, each of its workgroups merges them itself: no merge dispatch)
     norm     h' = h + post_attention_layernorm(o); x = pre_feedforward_layernorm(h')
     gate_up  gelu(gate x) * up x
     down
@@ -45,6 +45,12 @@ LANES = (8, 16, 32, 64, 128, 256)
 TOP_K_ROW = 1024  # candidates a top-k workgroup sorts in workgroup memory (2,048: 2.4× the compare steps in all)
 ATTEND_CHUNK = 64  # cache slots per attention workgroup
 MAX_SLOTS = ATTEND_CHUNK * 1024  # the merge's chunk weights in workgroup memory (wgsl.mjs MAX_CHUNKS)
+# an o_proj lane's loads of the attention's chunk sums (vec4s) when its workgroup merges them itself (E2B's sliding
+# layers: 8 chunks of 2 columns)
+MERGE_LOADS = 16
+# the merge's columns of 4 values a workgroup (a head's D / 4 in blocks): a long context's 64 chunks in 2 rounds of 32
+# groups of lanes, not 32 rounds of 2 (E2B's global layers at 4,096 tokens)
+MERGE_COLUMNS = 8
 HEAD_DIMS = (16, 32, 64, 128, 256, 512)  # the attention's lanes: 4 a slot, a column of 4 values each
 MAX_GROUPS = 65535  # workgroups along one grid dimension
 MAX_STOPS = 8  # stop token ids the sampling kernel checks
@@ -55,7 +61,7 @@ SAMPLE_PARAMS = ("u", "temperature", "top_k", "top_p", "min_p", "repetition_pena
 # each kernel's uniform struct U, field by field (wgsl.mjs); FLOATS are float32, the rest uint32
 UNIFORMS = {
     "matvec": ["k", "in_off", "n0", "n1", "n2", "out0", "out1", "out2", "epi", "aux", "cap", "res", "branch", "w_branch",
-               "h_out", "eps"],
+               "h_out", "eps", "q", "kv", "used", "parts", "stats", "knew", "vnew"],
     "norm": ["hidden", "res", "branch", "w_branch", "scalar", "w_in", "h_out", "eps", "out"],
     "embed": ["token", "nb", "out", "scale"],
     "per_layer": ["proj", "dim", "w", "rows", "scales", "out", "eps", "proj_scale"],
@@ -80,8 +86,8 @@ class Dispatch:
     bindings: list[str]  # bindings 1.. : "act", "none", "w:<weight input>", "cache:<cache input>"
     uniform: bytes
     grid: tuple[int, int, int]
-    constants: dict = field(default_factory=dict)  # what its WGSL is specialized for (matvec: LANES, PER; attention: D;
-    # SG: sums by subgroups)
+    constants: dict = field(default_factory=dict)  # what its WGSL is specialized for (matvec: LANES, PER, MERGE;
+    # attention: D; SG: sums by subgroups)
     label: str = ""  # what it computes, for profiles (qkv, attend, o_proj, gate_up, ...)
 
 
@@ -209,13 +215,14 @@ class _Weights:
 
 def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[str, np.ndarray],
                 context: int, lanes: int | None = None, table_buffer_bytes: int = 2**31,
-                subgroups: bool = False) -> KernelPlan:
+                subgroups: bool = False, merge: bool = True) -> KernelPlan:
     """The kernels' plan for the step graph whose external weights are `weights` and whose float32 constants are
     `floats` (webgemma.onnx_bytes), with caches of `context` slots for the global layers. lanes: every matvec's
     lanes per row (8 to 256, a power of two; tests), instead of the choice by size. table_buffer_bytes: the largest
     buffer the per-layer table may take on the GPU (the device's storage binding limit). subgroups: the device
     has subgroups of consecutive invocations (kernel_step.mjs subgroupsUsable): the matvecs add their lanes' sums
-    by shuffles, the norms, the attention, its merge and the per-layer inputs reduce by subgroup operations."""
+    by shuffles, the norms, the attention, its merge and the per-layer inputs reduce by subgroup operations. merge:
+    o_proj merges the attention's chunks itself where they are few (False: always the merge's own dispatch)."""
     if lanes not in (None, *LANES):
         raise ValueError(f"lanes must be one of {LANES}, not {lanes}")
     arch, io = manifest.arch, manifest.decoder
@@ -294,10 +301,13 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     norm_per = {"PER": -(-hidden // 256)} | sg  # the norm's values a lane holds
 
     def matvec(label: str, sources, k_in: int, outs: list[int], *, norm: dict | None = None, in_off: int = 0,
-               epi: int = EPI_STORE, aux: int = 0, cap_: float = 0.0, residual: dict | None = None) -> None:
+               epi: int = EPI_STORE, aux: int = 0, cap_: float = 0.0, residual: dict | None = None,
+               merged: tuple[dict, dict] | None = None) -> None:
         """sources: [(qweight, scales, rows, input size)], at most 3 (the rest in further dispatches). norm: a norm
         dispatch's fields before it (the NORM kernel), whose x is the input. residual: the input is h' = res +
-        rms_norm(branch) * w_branch, computed inside the matvec (wgsl.mjs MATVEC's RESIDUAL), written to h_out."""
+        rms_norm(branch) * w_branch, computed inside the matvec (wgsl.mjs MATVEC's RESIDUAL), written to h_out.
+        merged: (the attention merge's fields, its sizes): the input is the attention's output, merged from its
+        chunks inside the matvec (MATVEC's MERGE), by as few workgroups as the lanes allow (each repeats it)."""
         if norm is not None:
             plan.append(Dispatch("norm", ["act"], _uniform("norm", hidden=hidden, eps=eps, out=x, **(
                 {"branch": NONE, "scalar": NONE, "w_in": NONE} | norm)), (1, 1, 1), norm_per, "norm"))
@@ -310,10 +320,12 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
             o = group_outs + [0] * (3 - len(group))
             binding = ["act"] + [f"w:{name}" for s in group for name in s[:2]] + ["none", "none"] * (3 - len(group))
             rows_ = n[0] if epi == EPI_GELU_MUL else sum(n)
-            constants = matvec_constants(k_in, rows_, lanes, subgroups) | ({"RESIDUAL": k_in} if residual else {})
+            constants = matvec_constants(k_in, rows_, lanes, subgroups, groups=0 if merged else MATVEC_GROUPS)
+            constants |= ({"RESIDUAL": k_in} if residual else {}) | ({"MERGE": merged[1]} if merged else {})
             plan.append(Dispatch("matvec", binding, _uniform(
                 "matvec", k=k_in, in_off=in_off, n0=n[0], n1=n[1], n2=n[2], out0=o[0], out1=o[1], out2=o[2], epi=epi,
-                aux=aux, cap=cap_, **(residual or {})), _grid(-(-rows_ * constants["LANES"] // 256)), constants, label))
+                aux=aux, cap=cap_, **(residual or {}), **(merged[0] if merged else {})),
+                _grid(-(-rows_ * constants["LANES"] // 256)), constants, label))
 
     def offsets(sources, at: int) -> list[int]:
         """Output offsets of stacked parts of one linear starting at `at`."""
@@ -371,11 +383,17 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
             v_dst=rows[cache["present_value"]], cos=inputs[io["rope"][kind]["cos"]], sin=inputs[io["rope"][kind]["sin"]],
             eps=eps, slots=slots[kind], slot=inputs["slot." + masks[kind]], live=inputs["live"], mask=inputs[masks[kind]],
             parts=parts, stats=stats), (chunks, heads + int(own), 1), {"D": d} | sg))
-        plan.append(Dispatch("attend_merge", ["act"], _uniform(
-            "attend_merge", **view, q=qn, parts=parts, stats=stats, chunks=chunks, knew=rows[cache["present_key"]],
-            vnew=rows[cache["present_value"]], out=attn), (heads, 1, 1), {"D": d} | sg))
+        fields = dict(q=qn, kv=kv, used=view["used"], parts=parts, stats=stats, knew=rows[cache["present_key"]],
+                      vnew=rows[cache["present_value"]])
         src = w.parts(pre + "self_attn.o_proj.weight", "part")
-        matvec("o_proj", src, heads * d, offsets(src, o), in_off=attn)
+        if merge and _merged_in_o_proj(heads, d, chunks):
+            matvec("merge_o_proj", src, heads * d, offsets(src, o), merged=(fields, {"H": heads, "D": d, "C": chunks}))
+        else:
+            cols = min(d // 4, MERGE_COLUMNS)
+            plan.append(Dispatch("attend_merge", ["act"], _uniform(
+                "attend_merge", heads=heads, chunks=chunks, out=attn, **fields), (heads, d // 4 // cols, 1),
+                {"D": d, "COLS": cols} | sg))
+            matvec("o_proj", src, heads * d, offsets(src, o), in_off=attn)
         gate_up = w.parts(pre + "mlp.gate_proj.weight", "part") + w.parts(pre + "mlp.up_proj.weight", "part")
         if len(gate_up) != 2:
             raise KernelPlanError(f"layer {i}: the MLP's gate and up weights are split in parts")
@@ -436,20 +454,28 @@ def _gather(plan: list[Dispatch], table: dict, inputs: dict, names: dict, buffer
     return per, buffers
 
 
-def matvec_constants(k: int, rows: int, lanes: int | None = None, subgroups: bool = False) -> dict:
+def matvec_constants(k: int, rows: int, lanes: int | None = None, subgroups: bool = False,
+                     groups: int = MATVEC_GROUPS) -> dict:
     """What the matvec kernel (wgsl.mjs MATVEC) over `rows` rows of `k` int4 weights is specialized for: LANES a
-    row (by default by size), PER words a lane, SG: subgroup sums."""
-    lanes = lanes or _lanes(k // 8, rows)
+    row (by default by size, for at least `groups` workgroups where it can), PER words a lane, SG: subgroup sums."""
+    lanes = lanes or _lanes(k // 8, rows, groups)
     return {"LANES": lanes, "PER": -(-k // 8 // lanes), "SG": int(subgroups)}
 
 
-def _lanes(words: int, rows: int) -> int:
+def _lanes(words: int, rows: int, groups: int) -> int:
     """Lanes per row of a matvec over rows of `words` weight words: enough that each reads at most MATVEC_WORDS,
-    then more while workgroups are few and lanes read more than one word (a row's loads then go out in parallel)."""
+    then more while workgroups are fewer than `groups` and lanes read more than one word (a row's loads then go out
+    in parallel)."""
     lanes = next((n for n in LANES if -(-words // n) <= MATVEC_WORDS), LANES[-1])
-    while lanes < LANES[-1] and words > lanes and -(-rows * lanes // 256) < MATVEC_GROUPS:
+    while lanes < LANES[-1] and words > lanes and -(-rows * lanes // 256) < groups:
         lanes *= 2
     return lanes
+
+
+def _merged_in_o_proj(heads: int, d: int, chunks: int) -> bool:
+    """Whether o_proj's workgroups merge the attention's chunks themselves (wgsl.mjs MATVEC's MERGE: the heads share
+    the workgroup's 256 lanes evenly), with few loads."""
+    return 256 % heads == 0 and -(-heads * d // 1024) * chunks <= MERGE_LOADS
 
 
 def _attend_chunks(slots: int, kv: int) -> int:

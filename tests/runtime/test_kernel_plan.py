@@ -53,7 +53,7 @@ def test_uniforms_are_the_wgsl_structs_field_by_field():
 
 @pytest.mark.parametrize("kind", ["e2b", "e4b"])
 def test_the_plan_names_the_step_graphs_weights_and_ten_dispatches_a_layer(exports, kind):
-    manifest, weights, plan = plan_of(exports[kind])
+    manifest, weights, plan = plan_of(exports[kind], merge=False)
     names = {w.name for w in weights}
     used = {b[2:] for d in plan.dispatches for b in d.bindings if b.startswith("w:")}
     assert used == names  # every weight read, none invented
@@ -159,6 +159,38 @@ def matvecs(plan):
     return out
 
 
+def test_o_proj_merges_the_attention_chunks_itself_where_they_are_few(exports):
+    """Where a layer's attention has few chunks of the cache, o_proj's workgroups merge them (one dispatch fewer),
+    over the fields the merge's own dispatch reads, with the fewest lanes a row (each workgroup repeats the merge);
+    a global layer over a long context keeps the merge's dispatch."""
+    from webgemma.kernel_plan import ATTEND_CHUNK, MERGE_COLUMNS, MERGE_LOADS
+    manifest, _, separate = plan_of(exports["e2b"], context=4096, merge=False)
+    _, _, plan = plan_of(exports["e2b"], context=4096)
+    arch = manifest.arch
+    heads, layers = arch["num_attention_heads"], arch["num_hidden_layers"]
+    merges = [d for d in separate.dispatches if d.kernel == "attend_merge"]
+    assert len(merges) == layers
+    merging = [d for d in plan.dispatches if "MERGE" in d.constants or d.kernel == "attend_merge"]  # a layer each
+    merged = [(d, a) for d, a in zip(merging, merges) if d.kernel == "matvec"]
+    global_layers = arch["layer_types"].count("full_attention")
+    assert (len(merging), len(merged)) == (layers, layers - global_layers)  # 4,096 slots: 64 chunks in a global one
+    assert len(plan.dispatches) == len(separate.dispatches) - len(merged)
+    for d, a in merged:
+        m = dict(zip(UNIFORMS["matvec"], np.frombuffer(d.uniform, np.uint32).tolist()))
+        a = dict(zip(UNIFORMS["attend_merge"], np.frombuffer(a.uniform, np.uint32).tolist()))
+        fields = ("q", "kv", "used", "parts", "stats", "knew", "vnew")
+        assert {f: m[f] for f in fields} == {f: a[f] for f in fields}
+        assert d.constants["MERGE"] == {"H": heads, "D": m["k"] // heads, "C": a["chunks"]}
+        assert d.constants["PER"] * 2 > 8 or d.constants["LANES"] == 8  # half the lanes would read too many words
+        assert -(-m["k"] // 1024) * a["chunks"] <= MERGE_LOADS
+    for d in [d for d in merging if d.kernel == "attend_merge"]:  # the global layers': blocks of a head's columns
+        size = d.constants["D"] // 4
+        assert d.grid == (heads, size // min(size, MERGE_COLUMNS), 1) and d.constants["COLS"] == min(size, MERGE_COLUMNS)
+    # over a short context every layer's attention has few chunks
+    _, _, short = plan_of(exports["e2b"], context=4 * ATTEND_CHUNK)
+    assert not [d for d in short.dispatches if d.kernel == "attend_merge"]
+
+
 @pytest.mark.parametrize("lanes", [8, 64, 256])
 def test_lanes_set_the_rows_per_workgroup_and_the_words_a_lane_reads(exports, lanes):
     _, _, plan = plan_of(exports["e2b"], lanes=lanes)
@@ -169,7 +201,7 @@ def test_lanes_set_the_rows_per_workgroup_and_the_words_a_lane_reads(exports, la
 
 @pytest.mark.parametrize("subgroups", [False, True])
 def test_the_kernels_add_by_subgroups_where_the_device_allows(exports, subgroups):
-    _, _, plan = plan_of(exports["e2b"], subgroups=subgroups)
+    _, _, plan = plan_of(exports["e2b"], context=4096, subgroups=subgroups)  # global layers keep the merge
     assert plan.subgroups == subgroups
     assert {d.constants["SG"] for d, _, _ in matvecs(plan)} == {int(subgroups)}
     reducing = [d for d in plan.dispatches if d.kernel in ("norm", "per_layer", "attend", "attend_merge")]
@@ -180,7 +212,7 @@ def test_the_kernels_add_by_subgroups_where_the_device_allows(exports, subgroups
 def test_lanes_chosen_by_size_read_a_few_words_each_and_spread_small_matvecs():
     from webgemma.kernel_plan import MATVEC_GROUPS, MATVEC_WORDS, _lanes
     for k, rows in [(1536, 2560), (1536, 12288), (2048, 1536), (12288, 1536), (256, 1536), (1536, 262144), (96, 64)]:
-        lanes = _lanes(k // 8, rows)
+        lanes = _lanes(k // 8, rows, MATVEC_GROUPS)
         words = -(-k // 8 // lanes)
         assert words <= MATVEC_WORDS, (k, rows)
         # few workgroups only where no more lanes can help: every lane already reads one word, or 256 lanes a row

@@ -128,16 +128,31 @@ def test_a_later_visit_uploads_the_weights_from_their_copies_in_opfs(sites, offl
     assert {t[0] for t in again["upload_trace"]} >= {f["path"] for f in shards}  # every shard, the table after them
 
 
-def test_kernels_attend_over_several_chunks_of_the_cache(sites, offline_context):
-    """A prompt longer than one attention chunk (64 slots): the kernels' per-chunk softmaxes and their merge."""
+def merged_layers(model: Path, context: int) -> list[int]:
+    """The chunk counts of the layers whose o_proj merges the attention's chunks itself in the kernels' plan."""
+    from webgemma.kernel_plan import kernel_plan
+    from webgemma.manifest import parse_manifest
+    from webgemma.onnx_bytes import float_initializers, weights_as_inputs
+
+    manifest = parse_manifest((model / "manifest.json").read_text())
+    graph = (model / manifest.decoder["step_graph"]["path"]).read_bytes()
+    plan = kernel_plan(manifest, weights_as_inputs(graph)[1], float_initializers(graph), context)
+    return [d.constants["MERGE"]["C"] for d in plan.dispatches if "MERGE" in d.constants]
+
+
+@pytest.mark.parametrize("max_context", [None, 512])
+def test_kernels_attend_over_several_chunks_of_the_cache(sites, offline_context, max_context):
+    """A prompt longer than one attention chunk (64 slots): the kernels' per-chunk softmaxes and their merge, in the
+    global layers by the merge's own dispatch (4,096 slots) or by o_proj's workgroups (512 slots: 8 chunks)."""
     model, site = sites["int4"]
     prompt = " ".join([PROMPT] * 14)
     expected = cli_json(model, 3, prompt=prompt)
-    assert len(expected["prompt_ids"]) > 2 * 64
+    assert 2 * 64 < len(expected["prompt_ids"]) < 512 - 3
+    assert (8 in merged_layers(model, max_context or 4096)) == (max_context is not None)
     context, _ = offline_context(site.url)
     page = context.new_page()
     page.goto(site.url + "?" + urlencode({"autorun": "1", "prompt": prompt, "temperature": "0", "backend": "webgpu",
-                                          "max_new_tokens": "3"}))
+                                          "max_new_tokens": "3", **({"max_context": max_context} if max_context else {})}))
     page.wait_for_function("window.webgemmaResult", timeout=RESULT_TIMEOUT_MS)
     result = page.evaluate("window.webgemmaResult")
     assert result.get("error") is None and result["step"] == "kernels", result

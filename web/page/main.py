@@ -12,7 +12,8 @@ a follow-up that reuses the cache; its tokens in `then_output_ids`, its prompt's
 `then_prompt_tokens` and `then_ttft_ms`), capture=0 (decode without the graph-captured
 step session), step=graph (decode through the graph-captured step graph, not the hand-written WebGPU kernels of
 webgemma.kernel_plan), kernel_lanes=8|16|...|256 (every kernel matvec's lanes per row), kernel_subgroups=0 (the
-kernels add through workgroup memory, not by subgroup operations, where the device has subgroups), profile=1 (the
+kernels add through workgroup memory, not by subgroup operations, where the device has subgroups), kernel_merge=0
+(the attention's merge always its own dispatch, not done by o_proj's workgroups where its chunks are few), profile=1 (the
 kernels' GPU time by kind in `kernel_profile_ms`, and each step's in `step_times.gpu_ms`, its times in
 `step_times.trace`), encode_ahead=0 (encode each kernel step's commands once its inputs are known, not during the step
 before), submits=N (an unchained kernel step's pass in N submits; 4 by default, chained steps go in one),
@@ -267,7 +268,7 @@ async def start(site: dict, env: dict, params: dict) -> None:
         prefill_chunk=int(params["prefill_chunk"]) if "prefill_chunk" in params else None,
         capture=params.get("capture") != "0",
         kernels=params.get("step") != "graph",
-        kernel_options={name: int(params["kernel_" + name]) for name in ("lanes", "subgroups")
+        kernel_options={name: int(params["kernel_" + name]) for name in ("lanes", "subgroups", "merge")
                         if "kernel_" + name in params},
         table_on_gpu=params.get("gpu_table") != "0", warm_up=params.get("warm") != "0")
     load_ms = (time.perf_counter() - t0) * 1000

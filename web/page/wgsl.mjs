@@ -23,6 +23,7 @@ const ACT4 = /* wgsl */ `
 fn word(i: u32) -> u32 { return act[i / 4u][i % 4u]; }
 fn ld(i: u32) -> f32 { return bitcast<f32>(word(i)); }
 fn st(i: u32, v: f32) { act[i / 4u][i % 4u] = bitcast<u32>(v); }
+fn ld4(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(act[i / 4u]); }  // i: a multiple of 4
 `;
 
 // A reduction over a workgroup of 256 lanes (`combine` of two values): a tree in workgroup memory, or (SG, where the
@@ -110,6 +111,61 @@ ${range(Math.ceil(K / 256)).map((i) => `  if (t + ${i * 256}u < ${K}u) {
   workgroupBarrier();
 }`;
 
+// MATVEC's input computed in each workgroup (MERGE: {H, D, C}): the attention's output for H query heads of size D,
+// ATTEND_MERGE's sums done again by every workgroup, where they are few: each head's C chunks (attend's parts and
+// stats: the first ceil(act[used] / 64) of them are written, the others weigh 0) merged with the token's own key and
+// value rows. Every lane fetches its parts first (a column of 4 values of every chunk); the lanes of a head (256 / H)
+// add up its own score q·k. Every lane of the workgroup calls it.
+const merge = ({ H, D, C }) => {
+  const N = D / 4, G = 256 / H, P = Math.ceil(D / G);
+  const cols = range(Math.ceil((H * N) / 256));
+  return /* wgsl */ `
+var<workgroup> xs: array<vec4<f32>, ${H * N}>;
+var<workgroup> ms: array<f32, ${H * C}>;
+var<workgroup> ls: array<f32, ${H * C}>;
+var<workgroup> shares: array<f32, ${H * (C + 1)}>;  // a head's chunks' weights in its softmax, then its own row's
+fn xin(i: u32) -> vec4<f32> { return xs[i]; }
+fn merge(t: u32) {
+  let per_kv = ${H}u / u.kv;
+${cols.map((i) => `  let col${i} = min(t + ${256 * i}u, ${H * N - 1}u);
+  let head${i} = col${i} / ${N}u;
+${range(C).map((k) => `  let p${i}_${k} = ld4(u.parts + (head${i} * ${C}u + ${k}u) * ${D}u + 4u * (col${i} % ${N}u));`).join("\n")}
+  let v${i} = ld4(u.vnew + head${i} / per_kv * ${D}u + 4u * (col${i} % ${N}u));`).join("\n")}
+  let h = t / ${G}u;
+  var own = 0.0;
+  for (var i = 0u; i < ${P}u; i++) {
+    let j = min((t % ${G}u) * ${P}u + i, ${D - 1}u);
+    own += select(0.0, ld(u.q + h * ${D}u + j) * ld(u.knew + h / per_kv * ${D}u + j), (t % ${G}u) * ${P}u + i < ${D}u);
+  }
+  red[t] = own;
+  let chunks = min(${C}u, (word(u.used) + 63u) / 64u);
+  if (t < ${H * C}u) {
+    ms[t] = select(-3.4e38, ld(u.stats + 2u * t), t % ${C}u < chunks);
+    ls[t] = select(0.0, ld(u.stats + 2u * t + 1u), t % ${C}u < chunks);
+  }
+  for (var s = ${G / 2}u; s > 0u; s >>= 1u) {
+    workgroupBarrier();
+    if (t % ${G}u < s) { red[t] += red[t + s]; }
+  }
+  workgroupBarrier();
+  if (t < ${H}u) {
+    let score = red[t * ${G}u];
+    var m = score;
+    for (var k = 0u; k < ${C}u; k++) { m = max(m, ms[t * ${C}u + k]); }
+    var total = exp(score - m);
+    for (var k = 0u; k < ${C}u; k++) { total += ls[t * ${C}u + k] * exp(ms[t * ${C}u + k] - m); }
+    for (var k = 0u; k < ${C}u; k++) { shares[t * ${C + 1}u + k] = exp(ms[t * ${C}u + k] - m) / total; }
+    shares[t * ${C + 1}u + ${C}u] = exp(score - m) / total;
+  }
+  workgroupBarrier();
+${cols.map((i) => `  if (t + ${256 * i}u < ${H * N}u) {
+    let w = head${i} * ${C + 1}u;
+    xs[col${i}] = ${range(C).map((k) => `shares[w + ${k}u] * p${i}_${k}`).join(" + ")} + shares[w + ${C}u] * v${i};
+  }`).join("\n")}
+  workgroupBarrier();
+}`;
+};
+
 // y = W x for up to three int4 weights stacked along N (q, k, v), 256 / LANES rows per workgroup, each row's words
 // spread over LANES lanes, PER words a lane (the plan picks LANES for the row length and the row count), x a vector
 // of act. epi: 0 store, 1 gelu(W0 x) * (W1 x) (the MLP's gate and up, same rows), 2 gelu(W0 x) * act[aux + n] (the
@@ -120,12 +176,15 @@ ${range(Math.ceil(K / 256)).map((i) => `  if (t + ${i * 256}u < ${K}u) {
 // RESIDUAL (the input's size): x is not read from act but computed by every workgroup, while its weight words load,
 // as the NORM kernel's h' = h + rms_norm(branch) * w_branch (no scalar, no w_in), into workgroup memory; the first
 // workgroup also writes it to h_out (the per-layer gate: one dispatch fewer a layer).
-const MATVEC = ({ LANES, PER, SG = 0, RESIDUAL = 0 }) => /* wgsl */ `${enableSG(SG)}
+// MERGE ({H, D, C}): x is the attention's output, merged from its chunks by every workgroup (o_proj in layers whose
+// attention has few chunks: the merge's dispatch saved).
+const MATVEC = ({ LANES, PER, SG = 0, RESIDUAL = 0, MERGE = null }) => /* wgsl */ `${enableSG(SG)}
 struct U { k: u32, in_off: u32, n0: u32, n1: u32, n2: u32, out0: u32, out1: u32, out2: u32, epi: u32, aux: u32,
-           cap: f32, res: u32, branch: u32, w_branch: u32, h_out: u32, eps: f32, }
+           cap: f32, res: u32, branch: u32, w_branch: u32, h_out: u32, eps: f32, q: u32, kv: u32, used: u32,
+           parts: u32, stats: u32, knew: u32, vnew: u32, }
 @group(0) @binding(0) var<uniform> u: U;
 ${common(ACT4, RESIDUAL ? SG : 0)}
-${RESIDUAL ? residual(RESIDUAL) : `// four input values (in_off is a multiple of 4)
+${RESIDUAL ? residual(RESIDUAL) : MERGE ? merge(MERGE) : `// four input values (in_off is a multiple of 4)
 fn xin(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(act[u.in_off / 4u + i]); }`}
 struct Words { w: array<u32, ${PER}>, s: array<f32, ${PER}>, }
 ${range(3).map((s) => fetchRow(s, LANES, PER)).join("")}
@@ -171,6 +230,7 @@ ${RESIDUAL ? SG_INIT(SG) : ""}  let wid = wg.x + wg.y * nwg.x;
     out = u.out2 + row - u.n0 - u.n1;
   }
 ${RESIDUAL ? `  residual(t, wid == 0u);
+` : ""}${MERGE ? `  merge(t);
 ` : ""}  var y = dotWords(a, lane);
   var y2 = 0.0;
   if (u.epi == 1u) { y2 = dotWords(b, lane); }
@@ -421,16 +481,17 @@ ${range(D / 16).map((j) => `  sum += ps[group * ${D / 16}u + ${j}u] * v${j};`).j
 `;
 
 // The chunks merged with the token's own key and value row: softmax over every score, times V. A workgroup per
-// query head; each lane one column of 4 values over the chunks g, g + G, ... (as attend's groups).
-const ATTEND_MERGE = ({ D, SG = 0 }) => /* wgsl */ `${enableSG(SG)}
+// query head and block of COLS columns of 4 values (each computes the head's softmax weights); each lane one column
+// over the chunks g, g + G, ... (G = 256 / COLS groups of lanes: a long context's many chunks in few rounds).
+const ATTEND_MERGE = ({ D, COLS, SG = 0 }) => /* wgsl */ `${enableSG(SG)}
 struct U { q: u32, heads: u32, kv: u32, used: u32, parts: u32, stats: u32, chunks: u32, knew: u32, vnew: u32, out: u32, }
 @group(0) @binding(0) var<uniform> u: U;
 ${common(ACT4, SG)}
 const N = ${D / 4}u;
-const G = ${256 / (D / 4)}u;
+const W = ${COLS}u;
+const G = ${256 / COLS}u;
 var<workgroup> weights: array<f32, ${MAX_CHUNKS}>;
 var<workgroup> sums: array<vec4<f32>, 256>;
-fn ld4(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(act[i / 4u]); }
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3<u32>${SG_ARGS(SG)}) {
 ${SG_INIT(SG)}  let h = wg.x;
@@ -450,14 +511,14 @@ ${SG_INIT(SG)}  let h = wg.x;
     total += ld(stats + 2u * k + 1u) * e;
   }
   total = reduce_sum(total, t) + exp(own - m);
-  let col = t % N;
-  let group = t / N;
+  let col = wg.y * W + t % W;
+  let group = t / W;
   var sum = vec4<f32>(0.0);
   for (var k = group; k < chunks; k += G) { sum += weights[k] * ld4(u.parts + (h * u.chunks + k) * ${D}u + 4u * col); }
   sums[t] = sum;
   workgroupBarrier();
   if (group == 0u) {
-    for (var g = 1u; g < G; g++) { sum += sums[g * N + col]; }
+    for (var g = 1u; g < G; g++) { sum += sums[g * W + t]; }
     sum += exp(own - m) * ld4(u.vnew + c * ${D}u + 4u * col);
     act[(u.out + h * ${D}u) / 4u + col] = bitcast<vec4<u32>>(sum / total);
   }
