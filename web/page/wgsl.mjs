@@ -152,10 +152,15 @@ ${range(C).map((k) => `  let p${i}_${k} = ld4(u.parts + (head${i} * ${C}u + ${k}
     let score = red[t * ${G}u];
     var m = score;
     for (var k = 0u; k < ${C}u; k++) { m = max(m, ms[t * ${C}u + k]); }
-    var total = exp(score - m);
-    for (var k = 0u; k < ${C}u; k++) { total += ls[t * ${C}u + k] * exp(ms[t * ${C}u + k] - m); }
-    for (var k = 0u; k < ${C}u; k++) { shares[t * ${C + 1}u + k] = exp(ms[t * ${C}u + k] - m) / total; }
-    shares[t * ${C + 1}u + ${C}u] = exp(score - m) / total;
+    let e_own = exp(score - m);
+    var total = e_own;
+    for (var k = 0u; k < ${C}u; k++) {
+      let e = exp(ms[t * ${C}u + k] - m);
+      shares[t * ${C + 1}u + k] = e;
+      total += ls[t * ${C}u + k] * e;
+    }
+    for (var k = 0u; k < ${C}u; k++) { shares[t * ${C + 1}u + k] /= total; }
+    shares[t * ${C + 1}u + ${C}u] = e_own / total;
   }
   workgroupBarrier();
 ${cols.map((i) => `  if (t + ${256 * i}u < ${H * N}u) {

@@ -178,7 +178,7 @@ class OrtWebBackend:
         options: kernel_plan's lanes, subgroups (by default where the device's are usable), merge."""
         lap = laps or Laps()
         context, caches = self._step_caches(manifest, context)
-        limit = self.adapter.get("max_storage_buffer_binding_size", 128 * 2**20)
+        limit = self._binding_limit()
         options = {"table_buffer_bytes": min(limit, self.adapter.get("max_buffer_size", limit))} | (options or {})
         if "subgroups" not in options:
             options["subgroups"] = await browser.subgroups_usable(self._ort)
@@ -218,9 +218,13 @@ class OrtWebBackend:
         if self.weights is None:
             raise ValueError("a step session needs the WebGPU EP and a backend created with shared_weights")
         io = manifest.decoder
-        limit = (self.adapter or {}).get("max_storage_buffer_binding_size", 128 * 2**20)
+        limit = self._binding_limit()
         context = min([context] + [limit // (4 * c["num_key_value_heads"] * c["head_dim"]) for c in io["cache"]])
         return context, [c | {"type": "float32"} for c in step_caches(io, context)]
+
+    def _binding_limit(self) -> int:
+        """The adapter's largest storage binding, in bytes (a cache, and a buffer of the per-layer table, is one)."""
+        return (self.adapter or {}).get("max_storage_buffer_binding_size", 128 * 2**20)
 
     async def discard_step(self, step: WebStepSession) -> None:
         """Releases a step session that will not be used (a kernel step that failed while loading)."""
