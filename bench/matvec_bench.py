@@ -1,8 +1,8 @@
 """The decode step's own int4 matvec kernel (web/page/wgsl.mjs MATVEC), alone, at E2B's and E4B's shapes, in every
-variant it has: lanes per row, sums through workgroup memory or by subgroups (SG). Each variant is timed by GPU
-timestamps over a chain of dependent dispatches in one compute pass (as in the step: every matvec reads and writes
-the one activation buffer), the weights cycled over copies past the L2 cache, and its first and last rows are
-checked against the same product computed here.
+variant it has: lanes per row, sums through workgroup memory or by subgroups (SG), float32 or int8 inputs (Q8). Each
+variant is timed by GPU timestamps over a chain of dependent dispatches in one compute pass (as in the step: every
+matvec reads and writes the one activation buffer), the weights cycled over copies past the L2 cache, and its first
+and last rows are checked against the same product computed here.
 
     python bench/matvec_bench.py [--gpu] [--quick] [--results out.json]
 
@@ -105,8 +105,13 @@ async function main() {
   for (const shape of cfg.shapes) {
     const act = device.createBuffer({ size: 4 * shape.act_words, usage });
     device.queue.writeBuffer(act, 0, new Float32Array(shape.x));
-    const uniform = device.createBuffer({ size: Math.ceil(shape.uniform.length / 4) * 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
-    device.queue.writeBuffer(uniform, 0, new Uint32Array(shape.uniform));
+    device.queue.writeBuffer(act, 4 * shape.xq_at, new Uint32Array(shape.xq));
+    const uniformOf = (words) => {
+      const b = device.createBuffer({ size: Math.ceil(words.length / 4) * 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+      device.queue.writeBuffer(b, 0, new Uint32Array(words));
+      return b;
+    };
+    const uniforms = [uniformOf(shape.uniform), uniformOf(shape.uniform_q8)];
     const weights = Array.from({ length: shape.copies }, () => shape.rows.map((n) => [
       filled(n * shape.k / 2, words), filled(n * shape.k / 32 * 4, scales)]));
     const result = { name: shape.name, k: shape.k, rows: shape.rows, bytes: shape.bytes, variants: [] };
@@ -118,7 +123,7 @@ async function main() {
         const module = device.createShaderModule({ code: KERNELS.matvec(v) });
         const pipe = await device.createComputePipelineAsync({ layout: "auto", compute: { module, entryPoint: "main" } });
         const groups = weights.map((w) => device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [
-          uniform, act, ...[0, 1, 2].flatMap((s) => w[s] ?? [none, none])].map((buffer, binding) => ({ binding, resource: { buffer } })) }));
+          uniforms[v.Q8 ? 1 : 0], act, ...[0, 1, 2].flatMap((s) => w[s] ?? [none, none])].map((buffer, binding) => ({ binding, resource: { buffer } })) }));
         const grid = v.grid;
         const one = [], many = [];
         for (let i = 0; i < cfg.runs + 2; i++) {
@@ -156,14 +161,38 @@ def x_values(k: int) -> np.ndarray:
     return ((np.arange(k) % 13 - 6) / 8).astype(np.float32)
 
 
-def expected(k: int, n: int, rows: list[int]) -> np.ndarray:
-    """Rows of one source's product W x, from the repeated patterns."""
+def quantized(x: np.ndarray) -> np.ndarray:
+    """x as wgsl.mjs quantize8 writes it for a Q8 matvec, as uint32 words: per 8 values, the even and the odd ones as
+    packed int8 (scale: their largest magnitude / 127), their sum times -8 and the scale."""
+    groups = x.reshape(-1, 8).astype(np.float32)
+    d = np.abs(groups).max(axis=1, keepdims=True) / np.float32(127)
+    q = np.where(d > 0, np.round(groups / np.where(d > 0, d, 1)), 0).astype(np.int8)
+    out = np.empty((q.shape[0], 4), np.uint32)
+    out[:, 0] = q[:, 0::2].copy().view(np.uint32).reshape(-1)
+    out[:, 1] = q[:, 1::2].copy().view(np.uint32).reshape(-1)
+    out[:, 2] = (-8 * q.astype(np.int32).sum(axis=1)).astype(np.int32).view(np.uint32)
+    out[:, 3] = d.reshape(-1).view(np.uint32)
+    return out.reshape(-1)
+
+
+def dequantized(words: np.ndarray) -> np.ndarray:
+    """The values a Q8 matvec multiplies by: quantized(x)'s int8 values times their scales."""
+    w = words.reshape(-1, 4)
+    q = np.empty((w.shape[0], 8), np.float64)
+    q[:, 0::2] = w[:, 0].copy().view(np.int8).reshape(-1, 4)
+    q[:, 1::2] = w[:, 1].copy().view(np.int8).reshape(-1, 4)
+    return (q * w[:, 3].view(np.float32)[:, None]).reshape(-1)
+
+
+def expected(k: int, n: int, rows: list[int], x: np.ndarray | None = None) -> np.ndarray:
+    """Rows of one source's product W x (x_values by default), from the repeated patterns."""
+    x = x_values(k) if x is None else x
     w, s = patterns()
     out = []
     for r in rows:
         q = w[(r * k // 8 + np.arange(k // 8)) % w.size]
         nib = ((q[:, None] >> (4 * np.arange(8, dtype=np.uint32))) & 15).reshape(-1).astype(np.float64) - 8
-        out.append((nib * np.repeat(s[(r * k // 32 + np.arange(k // 32)) % s.size], 32)) @ x_values(k))
+        out.append((nib * np.repeat(s[(r * k // 32 + np.arange(k // 32)) % s.size], 32)) @ x)
     return np.array(out)
 
 
@@ -177,9 +206,11 @@ def variants(k: int, rows: int) -> list[dict]:
     for lanes in LANES:
         if -(-k // 8 // lanes) <= MAX_PER and lanes <= max(8, k // 8) or lanes == plan["LANES"]:
             for sg in (False, True):
-                c = matvec_constants(k, rows, lanes, sg)
-                groups = -(-rows * lanes // 256)
-                out.append(c | {"grid": [min(groups, 65535), -(-groups // 65535), 1], "plan": c == plan})
+                for q8 in (0, 1):
+                    c = matvec_constants(k, rows, lanes, sg)
+                    groups = -(-rows * lanes // 256)
+                    out.append(c | {"Q8": q8, "grid": [min(groups, 65535), -(-groups // 65535), 1],
+                                    "plan": c == plan and not q8})
     return out
 
 
@@ -193,24 +224,29 @@ def config(quick: bool) -> dict:
             at += -(-n // 4) * 4
         n = rows[0] if epi == EPI_GELU_MUL else sum(rows)
         padded = [*rows, 0, 0][:3]
-        uniform = np.frombuffer(_uniform("matvec", k=k, in_off=0, n0=padded[0], n1=padded[1], n2=padded[2],
-                                         out0=outs[0], out1=outs[1] if len(outs) > 1 else 0,
-                                         out2=outs[2] if len(outs) > 2 else 0, epi=epi), np.uint32)
+
+        def uniform(in_off: int) -> list[int]:
+            return np.frombuffer(_uniform("matvec", k=k, in_off=in_off, n0=padded[0], n1=padded[1], n2=padded[2],
+                                          out0=outs[0], out1=outs[1] if len(outs) > 1 else 0,
+                                          out2=outs[2] if len(outs) > 2 else 0, epi=epi), np.uint32).tolist()
+        xq = quantized(x_values(k))
         bytes_ = sum(r * k // 2 + r * k // 8 for r in rows)
-        shapes.append({"name": name, "k": k, "rows": list(rows), "epi": epi, "bytes": bytes_, "act_words": at,
-                       "x": x_values(k).tolist(), "uniform": uniform.tolist(),
+        shapes.append({"name": name, "k": k, "rows": list(rows), "epi": epi, "bytes": bytes_, "act_words": at + xq.size,
+                       "x": x_values(k).tolist(), "uniform": uniform(0), "uniform_q8": uniform(at),
+                       "xq": xq.tolist(), "xq_at": at,
                        "copies": 1 if quick else max(2, -(-256 * 2**20 // bytes_)),
                        "check": [[o, 1] for o, r in zip(outs, rows) for o in (o, o + r - 1)][:2 if epi else None],
                        "variants": variants(k, n)})
     return {"runs": 1 if quick else 7, "chain": 2 if quick else 100, "shapes": shapes}
 
 
-def want(shape: dict) -> np.ndarray:
+def want(shape: dict, q8: bool = False) -> np.ndarray:
     k, rows = shape["k"], shape["rows"]
+    x = dequantized(np.asarray(shape["xq"], np.uint32)) if q8 else None
     if shape["epi"] == EPI_GELU_MUL:  # gate and up: the same pattern, so the same products
-        y = expected(k, rows[0], [0, rows[0] - 1])
+        y = expected(k, rows[0], [0, rows[0] - 1], x)
         return gelu(y) * y
-    return np.concatenate([expected(k, n, [0, n - 1]) for n in rows])
+    return np.concatenate([expected(k, n, [0, n - 1], x) for n in rows])
 
 
 def run(a, open_page=None) -> dict:
@@ -237,8 +273,8 @@ def run(a, open_page=None) -> dict:
         server.shutdown()
         shutil.rmtree(site)
     for shape, spec in zip(result["shapes"], cfg["shapes"]):
-        target = want(spec)
         for v in shape["variants"]:
+            target = want(spec, v["Q8"])
             if "error" not in v and not np.allclose(v["values"], target, rtol=1e-4, atol=1e-4):
                 v["error"] = f"wrong result {v['values']} != {target.tolist()}"
     return result
@@ -268,7 +304,8 @@ def main() -> None:
         timed = sorted((v for v in s["variants"] if "error" not in v), key=lambda v: v["us"])
         for rank, v in enumerate(timed):
             if rank < a.top or v["plan"]:
-                name = f"lanes {v['LANES']} per {v['PER']}{' subgroups' if v['SG'] else ''}{' (plan)' if v['plan'] else ''}"
+                name = (f"lanes {v['LANES']} per {v['PER']}{' subgroups' if v['SG'] else ''}{' q8' if v['Q8'] else ''}"
+                        f"{' (plan)' if v['plan'] else ''}")
                 print(f"{s['name']:18s} {s['bytes'] / 1e6:6.1f} {name:34s} {v['us']:8.1f} {s['bytes'] / v['us'] / 1e3:7.0f}")
     if r["errors"] or failed:
         raise SystemExit(f"errors (the timings are void): {(r['errors'] + failed)[:5]}")

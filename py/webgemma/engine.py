@@ -64,6 +64,7 @@ class GenerationResult:
     text: str = ""
     finish_reason: str = ""  # "stop", "stop_string", "max_new_tokens", "context", "cancelled"
     stats: dict = field(default_factory=dict)
+    scores: list[Scores] = field(default_factory=list)  # what each output token was sampled from (keep_scores)
 
 
 class Engine:
@@ -82,6 +83,7 @@ class Engine:
         self.static: StaticDecoder | None = None
         self.on_static = False  # the cache lives in the step session's buffers
         self.chain_depth = CHAIN_DEPTH  # 0: never chain steps (benchmarks: sampling in Python)
+        self.keep_scores = False  # each output token's scores in GenerationResult.scores (tests)
         self.warming: asyncio.Future | None = None  # the prefill graph's throwaway run (`warm_up`)
         self.rope_ahead: asyncio.Future | None = None  # the RoPE rows computed after it
         # measured costs (`_feed_limit`): a decoded token through the step session, and a prompt's token through the
@@ -379,6 +381,8 @@ class Engine:
             self.ms_per_prefilled_token = min(rate, self.ms_per_prefilled_token or rate)
         history = list(result.prompt_ids)
         token = sampler(scores.values, history, scores.ids)
+        keep = result.scores.append if self.keep_scores else lambda _: None
+        keep(scores)
         decode_start = time.perf_counter()
         prefill_timing = self._restart_timing()
         chain = None  # the GPU's tokens (`_chain`)
@@ -408,8 +412,9 @@ class Engine:
                 if chain is not None:
                     token = await anext(chain)
                 else:
-                    scores = await self._run([token], top_k)
-                    token = sampler(scores.values, history, scores.ids)
+                    await self._run([token], top_k)
+                    token = sampler(self.last.values, history, self.last.ids)
+                keep(self.last)
         finally:
             if chain is not None:
                 await chain.aclose()

@@ -21,6 +21,9 @@ next token sampled from the top-k (used when steps chain; see webgemma.engine). 
 token's key and value rows straight into their cache slots (unless a stop token was sampled: `live`). Once the per-layer
 table is on the GPU, `gather` dispatches first copy the token's row from it.
 
+The matvecs after a norm, and down, read their inputs rounded to int8 by whoever wrote them (a scale for every 8
+values: wgsl.mjs quantize8), four products a dot4I8Packed; the others read float32 (`q8`).
+
 Every vector lives in one buffer of 32-bit words (`act`) at offsets fixed here; the per-step inputs (token id,
 table row, RoPE row, masks, used slots) are written into it as one block per step. Only int4 exports with blocks of
 32 (the exporter's default) are planned; anything else raises KernelPlanError and decodes through the step graph.
@@ -41,6 +44,10 @@ from .static_cache import step_caches
 NONE = 0xFFFFFFFF
 MATVEC_GROUPS = 528  # matvec workgroups wanted at least (4 per SM of an H100), by taking more lanes per row
 MATVEC_WORDS = 8  # weight words a matvec lane reads at most (all at once: registers)
+# the same for a matvec whose input is quantized (Q8: a word costs a quarter of the operations), for which fewer
+# workgroups, each lane reading more words, came out faster (bench/matvec_bench.py on an H100; the gate·up product
+# reads two sources: half the words each)
+Q8_WORDS, Q8_GROUPS = 12, 264
 LANES = (8, 16, 32, 64, 128, 256)
 TOP_K_ROW = 1024  # candidates a top-k workgroup sorts in workgroup memory (2,048: 2.4× the compare steps in all)
 ATTEND_CHUNK = 64  # cache slots per attention workgroup
@@ -62,7 +69,7 @@ SAMPLE_PARAMS = ("u", "temperature", "top_k", "top_p", "min_p", "repetition_pena
 UNIFORMS = {
     "matvec": ["k", "in_off", "n0", "n1", "n2", "out0", "out1", "out2", "epi", "aux", "cap", "res", "branch", "w_branch",
                "h_out", "eps", "q", "kv", "used", "parts", "stats", "knew", "vnew"],
-    "norm": ["hidden", "res", "branch", "w_branch", "scalar", "w_in", "h_out", "eps", "out"],
+    "norm": ["hidden", "res", "branch", "w_branch", "scalar", "w_in", "h_out", "eps", "out", "xq"],
     "embed": ["token", "nb", "out", "scale"],
     "per_layer": ["proj", "dim", "w", "rows", "scales", "out", "eps", "proj_scale"],
     "attend": ["q", "qn", "heads", "kv", "wq", "k_src", "k_dst", "wk", "v_src", "v_dst", "cos", "sin", "eps",
@@ -118,6 +125,11 @@ class KernelPlan:
     def subgroups(self) -> bool:
         """Whether the kernels add by subgroup operations."""
         return any(d.constants.get("SG") for d in self.dispatches)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether matvecs read int8 inputs (q8)."""
+        return any(d.constants.get("Q8") for d in self.dispatches)
 
     def pack(self, feeds: dict[str, np.ndarray]) -> bytes:
         """The per-step input block from the step feeds (webgemma.static_cache): every feed at its offset; for each
@@ -215,14 +227,17 @@ class _Weights:
 
 def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[str, np.ndarray],
                 context: int, lanes: int | None = None, table_buffer_bytes: int = 2**31,
-                subgroups: bool = False, merge: bool = True) -> KernelPlan:
+                subgroups: bool = False, merge: bool = True, q8: bool = True) -> KernelPlan:
     """The kernels' plan for the step graph whose external weights are `weights` and whose float32 constants are
     `floats` (webgemma.onnx_bytes), with caches of `context` slots for the global layers. lanes: every matvec's
     lanes per row (8 to 256, a power of two; tests), instead of the choice by size. table_buffer_bytes: the largest
     buffer the per-layer table may take on the GPU (the device's storage binding limit). subgroups: the device
     has subgroups of consecutive invocations (kernel_step.mjs subgroupsUsable): the matvecs add their lanes' sums
     by shuffles, the norms, the attention, its merge and the per-layer inputs reduce by subgroup operations. merge:
-    o_proj merges the attention's chunks itself where they are few (False: always the merge's own dispatch)."""
+    o_proj merges the attention's chunks itself where they are few (False: always the merge's own dispatch). q8:
+    the matvecs after a norm (q, k, v; gate and up; the lm_head), and down where gate·up's workgroups hold 8 rows or
+    more, read their input quantized to int8 in groups of 8 (wgsl.mjs quantize8), written so by its producer (False:
+    float32 inputs, as the step graph computes)."""
     if lanes not in (None, *LANES):
         raise ValueError(f"lanes must be one of {LANES}, not {lanes}")
     arch, io = manifest.arch, manifest.decoder
@@ -284,8 +299,10 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     h = [act.take(hidden), act.take(hidden)]  # the residual stream, ping-pong (a norm reads one, writes the other)
     d_max = max(dims.values())
     x, q, qn, attn, o, y, z = (act.take(n) for n in (hidden, *[heads * d_max] * 3, hidden, hidden, hidden))
+    xq = act.take(hidden // 2)  # x as quantize8 writes it: 4 words for 8 values
     k_raw, v_raw = act.take(max(kvs.values()) * d_max), act.take(max(kvs.values()) * d_max)
-    inner = act.take(max(p[2] for i in range(layers) for p in w.parts(f"layers.{i}.mlp.gate_proj.weight", "part")))
+    inner_size = max(p[2] for i in range(layers) for p in w.parts(f"layers.{i}.mlp.gate_proj.weight", "part"))
+    inner, inner_q = act.take(inner_size), act.take(inner_size // 2)
     gate = act.take(per_layer)
     proj, ple = act.take(layers * per_layer), act.take(layers * per_layer)
     chunks_max = max(_attend_chunks(slots[kind], kvs[kind]) for kind in slots)
@@ -300,18 +317,29 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
     sg = {"SG": int(subgroups)}  # the reductions over a workgroup by subgroup operations (wgsl.mjs reduction)
     norm_per = {"PER": -(-hidden // 256)} | sg  # the norm's values a lane holds
 
+    def constants_of(k_in: int, rows_: int, quantized: bool, epi: int = EPI_STORE, merged: bool = False) -> dict:
+        """A matvec's (matvec_constants): a merging one takes the fewest lanes a row (fewest workgroups repeating the
+        merge)."""
+        if quantized:
+            words = Q8_WORDS // (2 if epi == EPI_GELU_MUL else 1)
+            return matvec_constants(k_in, rows_, lanes, subgroups, Q8_GROUPS, words) | {"Q8": 1}
+        return matvec_constants(k_in, rows_, lanes, subgroups, groups=0 if merged else MATVEC_GROUPS)
+
     def matvec(label: str, sources, k_in: int, outs: list[int], *, norm: dict | None = None, in_off: int = 0,
                epi: int = EPI_STORE, aux: int = 0, cap_: float = 0.0, residual: dict | None = None,
-               merged: tuple[dict, dict] | None = None) -> None:
+               merged: tuple[dict, dict] | None = None, quantized: bool = False, q_out: bool = False) -> None:
         """sources: [(qweight, scales, rows, input size)], at most 3 (the rest in further dispatches). norm: a norm
         dispatch's fields before it (the NORM kernel), whose x is the input. residual: the input is h' = res +
         rms_norm(branch) * w_branch, computed inside the matvec (wgsl.mjs MATVEC's RESIDUAL), written to h_out.
         merged: (the attention merge's fields, its sizes): the input is the attention's output, merged from its
-        chunks inside the matvec (MATVEC's MERGE), by as few workgroups as the lanes allow (each repeats it)."""
+        chunks inside the matvec (MATVEC's MERGE), by as few workgroups as the lanes allow (each repeats it).
+        quantized: the input is quantize8's (MATVEC's Q8; the norm's xq). q_out: the gate·up product written as
+        quantize8 writes it (QOUT)."""
         if norm is not None:
-            plan.append(Dispatch("norm", ["act"], _uniform("norm", hidden=hidden, eps=eps, out=x, **(
+            plan.append(Dispatch("norm", ["act"], _uniform("norm", hidden=hidden, eps=eps, out=NONE if quantized else x,
+                                                           xq=xq if quantized else NONE, **(
                 {"branch": NONE, "scalar": NONE, "w_in": NONE} | norm)), (1, 1, 1), norm_per, "norm"))
-            in_off = x
+            in_off = xq if quantized else x
         for first in range(0, len(sources), 3):
             group, group_outs = sources[first:first + 3], outs[first:first + 3]
             if any(s[3] != k_in for s in group):
@@ -320,8 +348,9 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
             o = group_outs + [0] * (3 - len(group))
             binding = ["act"] + [f"w:{name}" for s in group for name in s[:2]] + ["none", "none"] * (3 - len(group))
             rows_ = n[0] if epi == EPI_GELU_MUL else sum(n)
-            constants = matvec_constants(k_in, rows_, lanes, subgroups, groups=0 if merged else MATVEC_GROUPS)
+            constants = constants_of(k_in, rows_, quantized, epi, merged is not None)
             constants |= ({"RESIDUAL": k_in} if residual else {}) | ({"MERGE": merged[1]} if merged else {})
+            constants |= {"QOUT": 1} if q_out else {}
             plan.append(Dispatch("matvec", binding, _uniform(
                 "matvec", k=k_in, in_off=in_off, n0=n[0], n1=n[1], n2=n[2], out0=o[0], out1=o[1], out2=o[2], epi=epi,
                 aux=aux, cap=cap_, **(residual or {}), **(merged[0] if merged else {})),
@@ -371,7 +400,8 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         if own:
             ks, vs = w.parts(pre + "self_attn.k_proj.weight", "part"), w.parts(pre + "self_attn.v_proj.weight", "part")
             sources, outs = sources + ks + vs, outs + offsets(ks, k_raw) + offsets(vs, v_raw)
-        matvec("qkv", sources, hidden, outs, norm=finish | {"res": h[cur], "h_out": h[1 - cur], "w_in": param(pre + "input_layernorm.weight")})
+        matvec("qkv", sources, hidden, outs, quantized=q8, norm=finish | {
+            "res": h[cur], "h_out": h[1 - cur], "w_in": param(pre + "input_layernorm.weight")})
         cur = 1 - cur
         # a KV-shared layer binds its source's caches too, but has no key and value workgroups to write rows
         # (writable bindings may not alias); a row of the grid past the query heads has them
@@ -397,12 +427,15 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         gate_up = w.parts(pre + "mlp.gate_proj.weight", "part") + w.parts(pre + "mlp.up_proj.weight", "part")
         if len(gate_up) != 2:
             raise KernelPlanError(f"layer {i}: the MLP's gate and up weights are split in parts")
-        matvec("gate_up", gate_up, hidden, [inner, 0], epi=EPI_GELU_MUL, norm={
-            "res": h[cur], "h_out": h[1 - cur], "branch": o, "w_branch": param(pre + "post_attention_layernorm.weight"),
-            "w_in": param(pre + "pre_feedforward_layernorm.weight")})
+        # down reads gate·up's product quantized where each of its workgroups holds whole groups of 8 rows
+        q_out = q8 and 256 // constants_of(hidden, gate_up[0][2], True, EPI_GELU_MUL)["LANES"] % 8 == 0
+        matvec("gate_up", gate_up, hidden, [inner_q if q_out else inner, 0], epi=EPI_GELU_MUL, quantized=q8,
+               q_out=q_out, norm={"res": h[cur], "h_out": h[1 - cur], "branch": o,
+                                  "w_branch": param(pre + "post_attention_layernorm.weight"),
+                                  "w_in": param(pre + "pre_feedforward_layernorm.weight")})
         cur = 1 - cur
         src = w.parts(pre + "mlp.down_proj.weight", "part")
-        matvec("down", src, gate_up[0][2], offsets(src, y), in_off=inner)
+        matvec("down", src, gate_up[0][2], offsets(src, y), in_off=inner_q if q_out else inner, quantized=q_out)
         src = w.parts(pre + "per_layer_input_gate.weight", "part")
         if len(src) != 1:
             raise KernelPlanError(f"layer {i}: the per-layer gate is split in parts")
@@ -416,11 +449,11 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
                   "scalar": param(pre + "layer_scalar")}
 
     plan.append(Dispatch("norm", ["act"], _uniform(
-        "norm", hidden=hidden, eps=eps, res=h[cur], h_out=h[1 - cur], w_in=param("norm.weight"), out=x, **finish),
-        (1, 1, 1), norm_per))
+        "norm", hidden=hidden, eps=eps, res=h[cur], h_out=h[1 - cur], w_in=param("norm.weight"),
+        out=NONE if q8 else x, xq=xq if q8 else NONE, **finish), (1, 1, 1), norm_per))
     for c, (qw, sw, n, width, col) in enumerate(embed):
-        matvec("lm_head", [(qw, sw, n, width)], width, [logits], in_off=x + col, epi=EPI_ADD if c else EPI_STORE,
-               cap_=cap if c == len(embed) - 1 else 0.0)
+        matvec("lm_head", [(qw, sw, n, width)], width, [logits], in_off=xq + col // 2 if q8 else x + col,
+               quantized=q8, epi=EPI_ADD if c else EPI_STORE, cap_=cap if c == len(embed) - 1 else 0.0)
     _top_k(plan, act, logits, vocab, k, output)
     plan.append(Dispatch("sample", ["act"], _uniform(
         "sample", out=output, k=k, token=inputs[names["input_ids"]], live=inputs["live"], seen=seen,
@@ -455,18 +488,19 @@ def _gather(plan: list[Dispatch], table: dict, inputs: dict, names: dict, buffer
 
 
 def matvec_constants(k: int, rows: int, lanes: int | None = None, subgroups: bool = False,
-                     groups: int = MATVEC_GROUPS) -> dict:
+                     groups: int = MATVEC_GROUPS, most: int = MATVEC_WORDS) -> dict:
     """What the matvec kernel (wgsl.mjs MATVEC) over `rows` rows of `k` int4 weights is specialized for: LANES a
-    row (by default by size, for at least `groups` workgroups where it can), PER words a lane, SG: subgroup sums."""
-    lanes = lanes or _lanes(k // 8, rows, groups)
+    row (by default by size: `most` words a lane at most, at least `groups` workgroups where it can), PER words a
+    lane, SG: subgroup sums."""
+    lanes = lanes or _lanes(k // 8, rows, groups, most)
     return {"LANES": lanes, "PER": -(-k // 8 // lanes), "SG": int(subgroups)}
 
 
-def _lanes(words: int, rows: int, groups: int) -> int:
-    """Lanes per row of a matvec over rows of `words` weight words: enough that each reads at most MATVEC_WORDS,
-    then more while workgroups are fewer than `groups` and lanes read more than one word (a row's loads then go out
-    in parallel)."""
-    lanes = next((n for n in LANES if -(-words // n) <= MATVEC_WORDS), LANES[-1])
+def _lanes(words: int, rows: int, groups: int, most: int) -> int:
+    """Lanes per row of a matvec over rows of `words` weight words: enough that each reads at most `most`, then
+    more while workgroups are fewer than `groups` and lanes read more than one word (a row's loads then go out in
+    parallel)."""
+    lanes = next((n for n in LANES if -(-words // n) <= most), LANES[-1])
     while lanes < LANES[-1] and words > lanes and -(-rows * lanes // 256) < groups:
         lanes *= 2
     return lanes

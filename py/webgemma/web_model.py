@@ -44,7 +44,7 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     (default STEP_CONTEXT). Older exports, whose step graph has no masks, decode without it.
     kernels: that step through the hand-written kernels (webgemma.kernel_plan) where the export is one they read
     (int4) and they run; otherwise through the graph-captured step graph, and `report.step` says why.
-    kernel_options: kernel_plan's lanes, subgroups, merge (tests, benchmarks).
+    kernel_options: kernel_plan's lanes, subgroups, merge, q8 (tests, benchmarks).
     table_on_gpu: with the kernels, put the per-layer table on the GPU after loading (in the background): their steps
     then find their rows there, sample there and follow each other without waiting for Python
     (Engine._chain). Otherwise each step's row is read from storage.

@@ -191,6 +191,41 @@ def test_o_proj_merges_the_attention_chunks_itself_where_they_are_few(exports):
     assert not [d for d in short.dispatches if d.kernel == "attend_merge"]
 
 
+def test_matvecs_after_a_norm_read_its_x_quantized_and_down_reads_gate_up_s_product_so(exports):
+    """By default each norm writes its x only as quantize8 does, and the matvecs that read it (q, k and v; gate and
+    up; the lm_head's column chunks, each from its own columns) are Q8 there; gate·up writes its product so where
+    each of its workgroups holds whole groups of 8 rows, and down then reads it. q8=False: float32 throughout."""
+    from webgemma.kernel_plan import NONE
+    _, _, plan = plan_of(exports["e2b"])
+    _, _, plain = plan_of(exports["e2b"], q8=False)
+
+    def field(d, name):
+        return int(np.frombuffer(d.uniform, np.uint32)[UNIFORMS[d.kernel].index(name)])
+
+    norms = [d for d in plan.dispatches if d.kernel == "norm"]
+    assert {field(d, "out") for d in norms} == {NONE} and len({field(d, "xq") for d in norms}) == 1
+    xq = field(norms[0], "xq")
+    quantized = [d for d in plan.dispatches if d.constants.get("Q8")]
+    lm_head = [d for d in quantized if d.label == "lm_head"]
+    assert {d.label for d in quantized} == {"qkv", "gate_up", "down", "lm_head"}
+    assert [field(d, "in_off") for d in quantized if d.label != "down"] == (
+        [xq] * (len(quantized) - len(lm_head) - sum(d.label == "down" for d in quantized))
+        + [xq + sum(field(e, "k") for e in lm_head[:i]) // 2 for i in range(len(lm_head))])
+    labels = [d.label for d in plan.dispatches]
+    ups = [i for i, label in enumerate(labels) if label == "gate_up"]
+    assert ups
+    for i in ups:
+        up, down = plan.dispatches[i], plan.dispatches[i + 1]
+        whole = (256 // up.constants["LANES"]) % 8 == 0
+        assert bool(up.constants.get("QOUT")) == bool(down.constants.get("Q8")) == whole
+        if whole:
+            assert field(up, "out0") == field(down, "in_off")
+    assert any(plan.dispatches[i].constants.get("QOUT") for i in ups)  # the tiny E2B's gate·up: 8 lanes a row
+    assert not [d for d in plain.dispatches if d.constants.get("Q8") or d.constants.get("QOUT")]
+    assert {field(d, "xq") for d in plain.dispatches if d.kernel == "norm"} == {NONE}
+    assert NONE not in {field(d, "out") for d in plain.dispatches if d.kernel == "norm"}
+
+
 @pytest.mark.parametrize("lanes", [8, 64, 256])
 def test_lanes_set_the_rows_per_workgroup_and_the_words_a_lane_reads(exports, lanes):
     _, _, plan = plan_of(exports["e2b"], lanes=lanes)
@@ -209,14 +244,16 @@ def test_the_kernels_add_by_subgroups_where_the_device_allows(exports, subgroups
     assert {d.constants["SG"] for d in reducing} == {int(subgroups)}
 
 
-def test_lanes_chosen_by_size_read_a_few_words_each_and_spread_small_matvecs():
-    from webgemma.kernel_plan import MATVEC_GROUPS, MATVEC_WORDS, _lanes
+@pytest.mark.parametrize("rule", ["float32", "q8"])
+def test_lanes_chosen_by_size_read_a_few_words_each_and_spread_small_matvecs(rule):
+    from webgemma.kernel_plan import MATVEC_GROUPS, MATVEC_WORDS, Q8_GROUPS, Q8_WORDS, _lanes
+    most, groups = (MATVEC_WORDS, MATVEC_GROUPS) if rule == "float32" else (Q8_WORDS, Q8_GROUPS)
     for k, rows in [(1536, 2560), (1536, 12288), (2048, 1536), (12288, 1536), (256, 1536), (1536, 262144), (96, 64)]:
-        lanes = _lanes(k // 8, rows, MATVEC_GROUPS)
+        lanes = _lanes(k // 8, rows, groups, most)
         words = -(-k // 8 // lanes)
-        assert words <= MATVEC_WORDS, (k, rows)
+        assert words <= most, (k, rows)
         # few workgroups only where no more lanes can help: every lane already reads one word, or 256 lanes a row
-        assert -(-rows * lanes // 256) >= MATVEC_GROUPS or words == 1 or lanes == 256, (k, rows)
+        assert -(-rows * lanes // 256) >= groups or words == 1 or lanes == 256, (k, rows)
         assert words > 1 or lanes == 8 or k // 8 > lanes // 2, (k, rows)  # not twice the lanes a row needs
 
 

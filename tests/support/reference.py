@@ -38,6 +38,21 @@ def greedy_with_logits(engine: Engine, prompt: list[int], steps: int) -> tuple[l
     return asyncio.run(run())
 
 
+def forced_logits(engine: Engine, prompt: list[int], tokens: list[int]) -> list[np.ndarray]:
+    """The logits each of `tokens` is chosen from when the model is fed `prompt`, then `tokens` one by one (whatever
+    it would have chosen itself)."""
+
+    async def run():
+        engine.reset()
+        scores, _ = await engine.prefill(prompt)
+        seen = [scores.values.copy()]
+        for token in tokens[:-1]:
+            seen.append((await engine._run([token])).values.copy())
+        return seen
+
+    return asyncio.run(run())
+
+
 def generate_greedy(engine: Engine, prompt: list[int], steps: int) -> list[int]:
     result = asyncio.run(engine.generate(prompt, SamplingSettings(temperature=0), max_new_tokens=steps, stop_ids=[]))
     return result.output_ids

@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
 from tests.support.checkpoints import make_checkpoint, write_tokenizer
+from tests.support.reference import forced_logits, open_engine
 from tests.support.warmth import wait_for_spin, warmth
 from webgemma_export.export import export
 from webgemma_site.build import build_site
@@ -54,10 +57,14 @@ def run_page(page, site, **params) -> dict:
 # copies in OPFS (wait_copies=1); -lanes64 runs every kernel matvec with 64 lanes per row (the tiny model takes 8
 # and 16; larger models up to 256, slow on SwiftShader), its pass in 3 submits, each step's commands encoded once
 # its inputs are known, each step's row read from storage and its token sampled in Python, its lanes' sums added
-# through workgroup memory (not by subgroups)
-STEP_VARIANTS = {"webgpu-capture": {"wait_copies": "1", "wait_table": "1"}, "webgpu-capture-graph": {"step": "graph"},
+# through workgroup memory (not by subgroups). The kernels' variants take float32 inputs (kernel_q8=0), as the CLI
+# computes, to give its tokens exactly; the default int8 inputs are checked against onnxruntime's logits below
+# (test_kernels_with_int8_inputs_track_onnxruntime_s_logits).
+EXACT = {"kernel_q8": "0"}
+STEP_VARIANTS = {"webgpu-capture": {"wait_copies": "1", "wait_table": "1"} | EXACT,
+                 "webgpu-capture-graph": {"step": "graph"},
                  "webgpu-capture-lanes64": {"kernel_lanes": "64", "kernel_subgroups": "0", "submits": "3",
-                                            "encode_ahead": "0", "gpu_table": "0", "profile": "1"}}
+                                            "encode_ahead": "0", "gpu_table": "0", "profile": "1"} | EXACT}
 
 
 @pytest.mark.parametrize(("quant", "backend"), [
@@ -152,11 +159,39 @@ def test_kernels_attend_over_several_chunks_of_the_cache(sites, offline_context,
     context, _ = offline_context(site.url)
     page = context.new_page()
     page.goto(site.url + "?" + urlencode({"autorun": "1", "prompt": prompt, "temperature": "0", "backend": "webgpu",
-                                          "max_new_tokens": "3", **({"max_context": max_context} if max_context else {})}))
+                                          "max_new_tokens": "3", **({"max_context": max_context} if max_context else {}),
+                                          **EXACT}))
     page.wait_for_function("window.webgemmaResult", timeout=RESULT_TIMEOUT_MS)
     result = page.evaluate("window.webgemmaResult")
     assert result.get("error") is None and result["step"] == "kernels", result
     assert (result["prompt_ids"], result["output_ids"]) == (expected["prompt_ids"], expected["output_ids"])
+
+
+@pytest.mark.parametrize("variant", [{"wait_table": "1"}, {"kernel_lanes": "64", "kernel_subgroups": "0"}])
+def test_kernels_with_int8_inputs_track_onnxruntime_s_logits(sites, offline_context, variant):
+    """By default the kernels' matvecs read their inputs as int8 in groups of 8 (wgsl.mjs quantize8): over a greedy
+    reply to a prompt of several attention chunks, every step's top-k values are the logits onnxruntime computes on
+    the CPU from the same export fed the page's own tokens, within the rounding's error, and each token the page
+    picks is onnxruntime's best or within that error of it. Default: chained steps, subgroup sums, gate·up writing
+    down's input quantized; lanes 64: workgroup-memory sums, down reading float32."""
+    model, site = sites["int4"]
+    prompt = " ".join([PROMPT] * 6)
+    context, _ = offline_context(site.url)
+    result = run_page(context.new_page(), site, backend="webgpu", prompt=prompt, max_new_tokens=12, scores="1",
+                      **variant)
+    assert result.get("error") is None and result["step"] == "kernels" and result["kernel_q8"], result
+    prompt_ids, output_ids = result["prompt_ids"], result["output_ids"]
+    assert len(prompt_ids) > 64 and len(result["scores"]) == len(output_ids) == 12
+    with ThreadPoolExecutor(1) as thread:  # off Playwright's event loop
+        reference = thread.submit(forced_logits, open_engine(model), prompt_ids, output_ids).result()
+    # the first token comes from the prefill graph (float32); the rest from the kernels. The rounding of a tiny random
+    # model's inputs moves its logits by up to ~1 (spread ~8; transformers with its linears' inputs rounded so: 0.26
+    # median, 0.97 at worst over 90 positions): a wrong scale, sum or order of values moves them by several
+    errors = []
+    for i, ((values, ids), logits) in enumerate(zip(result["scores"], reference)):
+        errors.append(np.abs(np.asarray(values) - logits[ids]).max())
+        assert logits.max() - logits[output_ids[i]] <= 1.0, (i, logits.max(), logits[output_ids[i]])
+    assert errors[0] < 1e-3 and max(errors) < 1.0 and np.mean(errors) < 0.3, errors
 
 
 def test_chained_kernels_sample_the_cli_tokens(sites, offline_context):
@@ -168,7 +203,8 @@ def test_chained_kernels_sample_the_cli_tokens(sites, offline_context):
     expected = cli_json(model, 12, *args, "--seed", "7")
     assert expected["output_ids"] != cli_json(model, 12, *args, "--seed", "8")["output_ids"]
     context, _ = offline_context(site.url)
-    result = run_page(context.new_page(), site, backend="webgpu", max_new_tokens=12, wait_table="1", seed="7", **settings)
+    result = run_page(context.new_page(), site, backend="webgpu", max_new_tokens=12, wait_table="1", seed="7",
+                      **settings, **EXACT)
     assert result.get("error") is None and result["chained"], result
     assert (result["prompt_ids"], result["output_ids"]) == (expected["prompt_ids"], expected["output_ids"])
 
@@ -181,7 +217,7 @@ def test_steps_queued_past_a_stop_token_leave_the_cache_as_it_was(sites, offline
     stop = cli_json(model, 4)["output_ids"][2]  # the third greedy token stops the reply
     context, _ = offline_context(site.url)
     runs = [run_page(context.new_page(), site, backend="webgpu", max_new_tokens=12, stop_ids=str(stop), then=" and then",
-                     **variant) for variant in ({"wait_table": "1"}, {"gpu_table": "0"})]
+                     **variant, **EXACT) for variant in ({"wait_table": "1"}, {"gpu_table": "0"})]
     chained, stepped = runs
     assert chained.get("error") is None and chained["chained"] and not stepped["chained"], runs
     assert chained["output_ids"] == stepped["output_ids"] and chained["output_ids"][-1] == stop

@@ -13,7 +13,9 @@ a follow-up that reuses the cache; its tokens in `then_output_ids`, its prompt's
 step session), step=graph (decode through the graph-captured step graph, not the hand-written WebGPU kernels of
 webgemma.kernel_plan), kernel_lanes=8|16|...|256 (every kernel matvec's lanes per row), kernel_subgroups=0 (the
 kernels add through workgroup memory, not by subgroup operations, where the device has subgroups), kernel_merge=0
-(the attention's merge always its own dispatch, not done by o_proj's workgroups where its chunks are few), profile=1 (the
+(the attention's merge always its own dispatch, not done by o_proj's workgroups where its chunks are few), kernel_q8=0
+(the matvecs' inputs float32, not quantized to int8 by their producers), scores=1 (each output token's scores, the
+top-k values and ids it was sampled from or all the logits, in `scores`), profile=1 (the
 kernels' GPU time by kind in `kernel_profile_ms`, and each step's in `step_times.gpu_ms`, its times in
 `step_times.trace`), encode_ahead=0 (encode each kernel step's commands once its inputs are known, not during the step
 before), submits=N (an unchained kernel step's pass in N submits; 4 by default, chained steps go in one),
@@ -206,6 +208,7 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str, re
     if static and step == "kernels":
         static.session.configure(time_steps=params.get("profile") == "1", encode_ahead=params.get("encode_ahead") != "0",
                                  submits=int(params["submits"]) if "submits" in params else None)
+    page.model.engine.keep_scores = params.get("scores") == "1"
     if params.get("ignore_stop") == "1":
         page.model.generator.stop_token_ids = []
     if "stop_ids" in params:
@@ -243,6 +246,8 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str, re
         "kernel_profile_ms": profile, "copies": store.copies, "chained": s["chained"],
         "table": static.session.table if static else None, "table_wait_ms": table_wait_ms, **then,
         "kernel_subgroups": bool(static and static.session.plan and static.session.plan.subgroups),
+        "kernel_q8": bool(static and static.session.plan and static.session.plan.quantized),
+        "scores": [[s.values.tolist(), None if s.ids is None else s.ids.tolist()] for s in outcome.scores],
         "ready_ms": ready_ms, "ort_start_ms": browser.get_global("webgemmaOrtStart"),
         "upload_from": browser.get_global("webgemmaUploadFrom"), "long_tasks": browser.get_global("webgemmaLongTasks"),
         "upload_trace": browser.get_global("webgemmaUploadTrace"),
@@ -268,7 +273,7 @@ async def start(site: dict, env: dict, params: dict) -> None:
         prefill_chunk=int(params["prefill_chunk"]) if "prefill_chunk" in params else None,
         capture=params.get("capture") != "0",
         kernels=params.get("step") != "graph",
-        kernel_options={name: int(params["kernel_" + name]) for name in ("lanes", "subgroups", "merge")
+        kernel_options={name: int(params["kernel_" + name]) for name in ("lanes", "subgroups", "merge", "q8")
                         if "kernel_" + name in params},
         table_on_gpu=params.get("gpu_table") != "0", warm_up=params.get("warm") != "0")
     load_ms = (time.perf_counter() - t0) * 1000

@@ -61,6 +61,22 @@ ${reduction("reduce_sum", (x, y) => `${x} + ${y}`, "subgroupAdd", SG)}
 ${reduction("reduce_max", (x, y) => `max(${x}, ${y})`, "subgroupMax", SG)}
 `;
 const enableSG = (SG) => SG ? "enable subgroups;\n" : "";
+
+// 8 consecutive values (a, b) as a Q8 matvec reads them in place of one weight word's inputs: the even and the odd
+// values as int8 packed in a word each (scale: their largest magnitude / 127), their sum times -8 (the weights' zero
+// point, which the products then need not subtract) and the scale. A scale per 8 values: a producer whose workgroup
+// holds 8 consecutive outputs (the gate·up matvec) can write it.
+const QUANTIZE8 = /* wgsl */ `
+fn quantize8(a: vec4<f32>, b: vec4<f32>) -> vec4<u32> {
+  let m = max(abs(a), abs(b));
+  let d = max(max(m.x, m.y), max(m.z, m.w)) / 127.0;
+  let inv = select(0.0, 1.0 / d, d > 0.0);
+  let qa = vec4<i32>(round(a * inv));
+  let qb = vec4<i32>(round(b * inv));
+  return vec4<u32>(pack4xI8(vec4<i32>(qa.x, qa.z, qb.x, qb.z)), pack4xI8(vec4<i32>(qa.y, qa.w, qb.y, qb.w)),
+                   bitcast<u32>(-8 * dot(qa + qb, vec4<i32>(1))), bitcast<u32>(d));
+}
+`;
 const SG_ARGS = (SG) => SG ? ", @builtin(subgroup_size) sg: u32" : "";
 const SG_INIT = (SG) => SG ? "  sg_size = sg;\n" : "";
 
@@ -183,12 +199,15 @@ ${cols.map((i) => `  if (t + ${256 * i}u < ${H * N}u) {
 // workgroup also writes it to h_out (the per-layer gate: one dispatch fewer a layer).
 // MERGE ({H, D, C}): x is the attention's output, merged from its chunks by every workgroup (o_proj in layers whose
 // attention has few chunks: the merge's dispatch saved).
-const MATVEC = ({ LANES, PER, SG = 0, RESIDUAL = 0, MERGE = null }) => /* wgsl */ `${enableSG(SG)}
+// Q8: x is read as quantize8 writes it, a vec4 of words for each weight word, whose 8 products are then two
+// dot4I8Packed of its nibbles: ~10 operations a word instead of ~36, and half the input's bytes.
+// QOUT (the gate·up product, 8 rows or more a workgroup): y is written as quantize8 writes it, for a Q8 down.
+const MATVEC = ({ LANES, PER, SG = 0, RESIDUAL = 0, MERGE = null, Q8 = 0, QOUT = 0 }) => /* wgsl */ `${enableSG(SG)}
 struct U { k: u32, in_off: u32, n0: u32, n1: u32, n2: u32, out0: u32, out1: u32, out2: u32, epi: u32, aux: u32,
            cap: f32, res: u32, branch: u32, w_branch: u32, h_out: u32, eps: f32, q: u32, kv: u32, used: u32,
            parts: u32, stats: u32, knew: u32, vnew: u32, }
 @group(0) @binding(0) var<uniform> u: U;
-${common(ACT4, RESIDUAL ? SG : 0)}
+${common(ACT4, RESIDUAL ? SG : 0)}${QOUT ? `${QUANTIZE8}var<workgroup> ys: array<f32, ${256 / LANES}>;` : ""}
 ${RESIDUAL ? residual(RESIDUAL) : MERGE ? merge(MERGE) : `// four input values (in_off is a multiple of 4)
 fn xin(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(act[u.in_off / 4u + i]); }`}
 struct Words { w: array<u32, ${PER}>, s: array<f32, ${PER}>, }
@@ -199,7 +218,11 @@ fn nibbles(v: vec4<u32>) -> vec4<f32> { return bitcast<vec4<f32>>((v & vec4<u32>
 fn dotWords(r: Words, lane: u32) -> f32 {
   let last = u.k / 8u - 1u;
   var acc = 0.0;
-${range(PER).map((i) => `  {
+${Q8 ? range(PER).map((i) => `  {
+    let x = act[u.in_off / 4u + min(lane + ${i * LANES}u, last)];
+    let n = dot4I8Packed(r.w[${i}] & 0x0f0f0f0fu, x.x) + dot4I8Packed((r.w[${i}] >> 4u) & 0x0f0f0f0fu, x.y) + bitcast<i32>(x.z);
+    acc += f32(n) * bitcast<f32>(x.w) * r.s[${i}];
+  }`).join("\n") : range(PER).map((i) => `  {
     let w = min(lane + ${i * LANES}u, last);
     let packed = vec4<u32>(r.w[${i}]);
     let lo = nibbles(packed >> vec4<u32>(0u, 4u, 8u, 12u));
@@ -264,24 +287,33 @@ ${SG ? `  for (var s = min(${LANES}u, sg) / 2u; s > 0u; s >>= 1u) {
   }
   y = red[t];
   y2 = red2[t];`}
-  if (lane != 0u || g >= rows) { return; }
+${QOUT ? `  if (lane == 0u) { ys[t / ${LANES}u] = select(0.0, gelu(y) * y2, g < rows); }
+  workgroupBarrier();
+  if (t < ${256 / LANES / 8}u && wid * ${256 / LANES}u + 8u * t < rows) {
+    act[u.out0 / 4u + wid * ${256 / LANES / 8}u + t] = quantize8(
+      vec4<f32>(ys[8u * t], ys[8u * t + 1u], ys[8u * t + 2u], ys[8u * t + 3u]),
+      vec4<f32>(ys[8u * t + 4u], ys[8u * t + 5u], ys[8u * t + 6u], ys[8u * t + 7u]));
+  }` : `  if (lane != 0u || g >= rows) { return; }
   if (u.epi == 1u) { y = gelu(y) * y2; }
   if (u.epi == 2u) { y = gelu(y) * ld(u.aux + row); }
   if (u.epi == 3u) { y += ld(out); }
   if (u.cap > 0.0) { y = u.cap * tanh_(y / u.cap); }
-  st(out, y);
+  st(out, y);`}
 }
 `;
 
 // The residual stream between two layers' parts and the input of the next matvec, by one workgroup:
 //   h' = (h + rms_norm(branch) * w_branch) * scalar          (branch and scalar optional), to h_out (not h)
-//   x  = rms_norm(h') * w_in                                  (or h' itself), to out
+//   x  = rms_norm(h') * w_in                                  (or h' itself), to out and/or, as quantize8 writes
+//                                                             it (Q8 matvecs' input), to xq (either may be NONE)
 // Each lane holds PER values (k = lane + 256 i) and fetches all it reads before any arithmetic, so that the loads'
 // latencies overlap (a loop of loads waits for each in turn: E2B's norms took 1.8 of a step's 4.4 ms GPU).
 const NORM = ({ PER, SG = 0 }) => /* wgsl */ `${enableSG(SG)}
-struct U { hidden: u32, res: u32, branch: u32, w_branch: u32, scalar: u32, w_in: u32, h_out: u32, eps: f32, out: u32, }
+struct U { hidden: u32, res: u32, branch: u32, w_branch: u32, scalar: u32, w_in: u32, h_out: u32, eps: f32, out: u32,
+           xq: u32, }
 @group(0) @binding(0) var<uniform> u: U;
-${common(ACT, SG)}
+${common(ACT, SG)}${QUANTIZE8}
+var<workgroup> xs: array<vec4<f32>, ${PER * 64}>;
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) t: u32${SG_ARGS(SG)}) {
 ${SG_INIT(SG)}  let n = u.hidden;
@@ -311,9 +343,18 @@ ${range(PER).map((i) => `  h[${i}] = (h[${i}] + b[${i}] * inv_b * wb[${i}]) * sc
   ss += select(0.0, h[${i}] * h[${i}], t + ${i * 256}u < n);`).join("\n")}
   let inv = inverseSqrt(reduce_sum(ss, t) / f32(n) + u.eps);
 ${range(PER).map((i) => `  if (t + ${i * 256}u < n) {
+    let x = select(h[${i}], h[${i}] * inv * wi[${i}], has_w);
     st(u.h_out + t + ${i * 256}u, h[${i}]);
-    st(u.out + t + ${i * 256}u, select(h[${i}], h[${i}] * inv * wi[${i}], has_w));
+    if (u.out != NONE) { st(u.out + t + ${i * 256}u, x); }
+    xs[(t + ${i * 256}u) / 4u][t % 4u] = x;
   }`).join("\n")}
+  if (u.xq != NONE) {  // x for Q8 matvecs: 8 values a lane
+    workgroupBarrier();
+    for (var w = t; w < n / 8u; w += 256u) {
+      let e = quantize8(xs[2u * w], xs[2u * w + 1u]);
+      for (var j = 0u; j < 4u; j++) { act[u.xq + 4u * w + j] = e[j]; }
+    }
+  }
 }
 `;
 

@@ -175,7 +175,7 @@ class OrtWebBackend:
         its caches fixed buffers for `context` tokens (see `step_session`). `graph`: the prefill graph, whose
         float32 constants (norms, layer scalars) the kernels take as numbers (the step graph holds the same ones:
         the kernels need it neither read nor parsed). KernelPlanError where the export is not one they read.
-        options: kernel_plan's lanes, subgroups (by default where the device's are usable), merge."""
+        options: kernel_plan's lanes, subgroups (by default where the device's are usable), merge, q8."""
         lap = laps or Laps()
         context, caches = self._step_caches(manifest, context)
         limit = self._binding_limit()
