@@ -428,7 +428,7 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         if len(gate_up) != 2:
             raise KernelPlanError(f"layer {i}: the MLP's gate and up weights are split in parts")
         # down reads gate·up's product quantized where each of its workgroups holds whole groups of 8 rows
-        q_out = q8 and 256 // constants_of(hidden, gate_up[0][2], True, EPI_GELU_MUL)["LANES"] % 8 == 0
+        q_out = q8 and (256 // constants_of(hidden, gate_up[0][2], True, EPI_GELU_MUL)["LANES"]) % 8 == 0
         matvec("gate_up", gate_up, hidden, [inner_q if q_out else inner, 0], epi=EPI_GELU_MUL, quantized=q8,
                q_out=q_out, norm={"res": h[cur], "h_out": h[1 - cur], "branch": o,
                                   "w_branch": param(pre + "post_attention_layernorm.weight"),
@@ -448,12 +448,11 @@ def kernel_plan(manifest: Manifest, weights: list[ExternalWeight], floats: dict[
         finish = {"branch": z, "w_branch": param(pre + "post_per_layer_input_norm.weight"),
                   "scalar": param(pre + "layer_scalar")}
 
-    plan.append(Dispatch("norm", ["act"], _uniform(
-        "norm", hidden=hidden, eps=eps, res=h[cur], h_out=h[1 - cur], w_in=param("norm.weight"),
-        out=NONE if q8 else x, xq=xq if q8 else NONE, **finish), (1, 1, 1), norm_per))
-    for c, (qw, sw, n, width, col) in enumerate(embed):
-        matvec("lm_head", [(qw, sw, n, width)], width, [logits], in_off=xq + col // 2 if q8 else x + col,
-               quantized=q8, epi=EPI_ADD if c else EPI_STORE, cap_=cap if c == len(embed) - 1 else 0.0)
+    final = finish | {"res": h[cur], "h_out": h[1 - cur], "w_in": param("norm.weight")}
+    for c, (qw, sw, n, width, col) in enumerate(embed):  # the final norm before the first column chunk
+        matvec("lm_head", [(qw, sw, n, width)], width, [logits], norm=None if c else final,
+               in_off=xq + col // 2 if q8 else x + col, quantized=q8, epi=EPI_ADD if c else EPI_STORE,
+               cap_=cap if c == len(embed) - 1 else 0.0)
     _top_k(plan, act, logits, vocab, k, output)
     plan.append(Dispatch("sample", ["act"], _uniform(
         "sample", out=output, k=k, token=inputs[names["input_ids"]], live=inputs["live"], seen=seen,
