@@ -179,11 +179,13 @@ def browser(a) -> None:
         contexts, tokens = a.contexts, a.decode_tokens
         cold = page("cold", prompt_tokens=contexts[0], max_new_tokens=tokens)
         warm = page("warm", prompt_tokens=contexts[0], max_new_tokens=tokens)
-        # each prompt again right after (`repeat=2`): native Dawn's prompts follow one another (the GPU's clock up),
-        # the tab's first of a length does not
-        ttft = page("prompt", prompt_tokens=a.prompt, max_new_tokens=8, repeat=2)
-        long = {n: page(f"context{n}", prompt_tokens=n, max_new_tokens=tokens, repeat=2 if n == contexts[-1] else 1)
-                for n in contexts[1:]}
+        # each prompt again (`repeat=2`) a second later, the pointer over the prompt's form for its last 300 ms, as a
+        # reader's on the way to Send: native Dawn's prompts follow one another (the GPU's clock up), the tab's first
+        # of a length does not
+        again = {"gap_ms": 1000, "near_ms": 300}
+        ttft = page("prompt", prompt_tokens=a.prompt, max_new_tokens=8, repeat=2, **again)
+        long = {n: page(f"context{n}", prompt_tokens=n, max_new_tokens=tokens,
+                        **({"repeat": 2} | again if n == contexts[-1] else {})) for n in contexts[1:]}
         # the same long prompt in short chunks: equal tokens mean the chunks' attention masks agree on this GPU (decoded
         # from float32 inputs: the int8 rounding of the kernels' inputs amplifies the chunks' float differences into
         # other greedy tokens of a random model)

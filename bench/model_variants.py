@@ -17,7 +17,8 @@ from pathlib import Path
 
 
 def with_accuracy_level(model_dir: Path, level: int, out: Path | None = None) -> Path:
-    """A copy of `model_dir` whose MatMulNBits nodes (in the decoder and step graphs) carry accuracy_level=`level`."""
+    """A copy of `model_dir` whose MatMulNBits nodes (in the decoder, step and fill graphs) carry
+    accuracy_level=`level`."""
     import onnx
 
     def edit(graph) -> None:
@@ -32,7 +33,8 @@ def with_accuracy_level(model_dir: Path, level: int, out: Path | None = None) ->
 
 def with_single_top_k(model_dir: Path, out: Path | None = None) -> Path:
     """A copy of `model_dir` whose graphs find their top-k with one TopK node (see `single_top_k`)."""
-    return _copy_with(model_dir, single_top_k, out or Path(tempfile.mkdtemp()) / f"{model_dir.name}-single-top-k")
+    return _copy_with(model_dir, single_top_k, out or Path(tempfile.mkdtemp()) / f"{model_dir.name}-single-top-k",
+                      graphs=("graph", "step_graph"))  # the fill graph has no top-k
 
 
 def single_top_k(graph) -> None:
@@ -59,15 +61,15 @@ def single_top_k(graph) -> None:
     graph.node.extend(kept)
 
 
-def _copy_with(model_dir: Path, edit, out: Path) -> Path:
-    """A copy of `model_dir` at `out` whose decoder and step graphs went through `edit(graph)`."""
+def _copy_with(model_dir: Path, edit, out: Path, graphs=("graph", "step_graph", "fill_graph")) -> Path:
+    """A copy of `model_dir` at `out` whose `graphs` (manifest keys) went through `edit(graph)`."""
     import onnx
 
     out.mkdir(parents=True)
     for f in model_dir.iterdir():
         os.link(f.resolve(), out / f.name)
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    for key in ("graph", "step_graph"):
+    for key in graphs:
         entry = manifest["decoder"].get(key)
         if entry is None:
             continue

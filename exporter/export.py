@@ -24,6 +24,7 @@ from .checkpoint import Checkpoint
 from .config import TextArch, read_arch
 from .errors import CheckpointError, ExportError, OptionError
 from .graph.decoder import build_decoder
+from .graph.fill import fill_graph
 from .graph.linear import FloatLinear, NBitsLinear
 from .per_layer_table import claim_per_layer_table, write_per_layer_table
 from .quantize import bits_of, require_format
@@ -83,6 +84,9 @@ def export(checkpoint_dir, out_dir, *, quant: str = "int4", block_size: int = 32
         (tmp / "decoder.onnx").write_bytes(graph_bytes)
         step_bytes = share_weights(step.model(), model).SerializeToString()
         (tmp / "decoder_step.onnx").write_bytes(step_bytes)
+        presents = [c[f"present_{part}"] for c in io.cache for part in ("key", "value")]
+        fill_bytes = fill_graph(model, presents).SerializeToString()
+        (tmp / "decoder_fill.onnx").write_bytes(fill_bytes)
         log("writing the per-layer embedding table")
         table = write_per_layer_table(weights, table_name, arch, ShardWriter(tmp, "per_layer", shard_bytes, align=1),
                                       bits=bits, float_dtype=float_dtype, block_size=block_size)
@@ -107,6 +111,8 @@ def export(checkpoint_dir, out_dir, *, quant: str = "int4", block_size: int = 32
                 "top_k": io.top_k,
                 # same inputs, cache names and top-k outputs; caches are fixed buffers (see graph/decoder.py)
                 "step_graph": _file_entry("decoder_step.onnx", step_bytes) | {"masks": step_io.masks},
+                # the prefill graph cut to its caches, for a runtime whose decode step scores a prompt's last token
+                "fill_graph": _file_entry("decoder_fill.onnx", fill_bytes),
             },
             "per_layer_table": table,
             "tokenizer": _file_entry("tokenizer.bin", tokenizer_bytes),

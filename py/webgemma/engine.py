@@ -14,6 +14,11 @@ Where the step session chains (the kernels with the per-layer table on the GPU),
 sampled on the GPU and each step is queued before the last one's result is read (`_chain`): the page's Python then
 only keeps the queue full. The GPU picks as Sampler does, from the same draws of the sampler's generator. A short
 follow-up prompt's tokens are queued the same way (`_feed`).
+
+Where the backend also fills (`Backend.fills`: the prefill graph cut to the caches), a prompt only fills the cache
+and the step session scores its last token again: the prefill graph's KV-shared layers, lm_head and top-k do not
+run, and nothing is read back between its chunks (E2B on an H200: a 512-token prompt 74 → 59 ms, 4,096 tokens
+464 → 319 ms, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -103,13 +108,14 @@ class Engine:
         await self.static.rehearse(await self._token_feeds([0]))
 
     def warm_up(self) -> asyncio.Future:
-        """Runs the prefill graph once, in the background, on a chunk of throwaway tokens, then forgets them: its
+        """Runs the prefill (or fill) graph once, in the background, on a chunk of throwaway tokens, then forgets them: its
         first run builds the backend's GPU pipelines (onnxruntime-web: ~0.3 s of a first 512-token prompt's ~0.45 s
         on an H100, BENCHMARKS.md), which a prompt then finds ready. The next prompt waits for it (the future
         returned), not for the RoPE rows of the first ROPE_AHEAD positions, computed after it (`rope_ahead`)."""
         async def run() -> None:
             try:
-                await self._run([0] * min(self.prefill_chunk, self.max_context - 1), top_k=True)
+                await self._run([0] * min(self.prefill_chunk, self.max_context - 1), top_k=True,
+                                fill=self.backend.fills)
             finally:
                 self.reset()
             self.rope_ahead = asyncio.ensure_future(self._rope_ahead(min(ROPE_AHEAD, self.max_context)))
@@ -292,10 +298,11 @@ class Engine:
         self.timing["run"] += time.perf_counter() - t1
         self.timing["steps"] += 1
 
-    async def _run(self, ids: list[int], top_k: bool = False, then: list[int] = ()) -> Scores:
+    async def _run(self, ids: list[int], top_k: bool = False, then: list[int] = (), fill: bool = False) -> Scores | None:
         """One graph run over `ids` following the cached tokens; returns the last position's scores (all the
-        logits, or with `top_k` only the best ones, found on the device). The rows of `then` (the next prefill
-        chunk) are read while the graph runs."""
+        logits, or with `top_k` only the best ones, found on the device), or with `fill` nothing (the caches only,
+        through the fill graph: Backend.fills). The rows of `then` (the next prefill chunk) are read while the graph
+        runs."""
         if self.static and top_k and len(ids) == 1 and self.tokens:
             return await self._step(ids[0])
         start, count = len(self.tokens), len(ids)
@@ -305,7 +312,7 @@ class Engine:
         feeds |= self._position_feeds(start, count)
         feeds.update(self.cache)
         top = self.io["top_k"]
-        host = [top["values"], top["ids"]] if top_k else [self.io["logits"]]
+        host = [] if fill else [top["values"], top["ids"]] if top_k else [self.io["logits"]]
         ahead = asyncio.ensure_future(self.rows.prefetch(then)) if then and not self._gpu_rows() else None
         try:
             out = await self.backend.run(feeds, host)
@@ -319,7 +326,9 @@ class Engine:
         self._release(old)
         self._release({name: out.pop(name) for name in list(out) if name not in host})  # outputs nobody reads
         self.tokens.extend(ids)
-        if top_k:
+        if fill:
+            self.last = None
+        elif top_k:
             self.last = Scores(np.asarray(out[top["values"]]).reshape(-1), np.asarray(out[top["ids"]]).reshape(-1))
         else:
             self.last = Scores(np.asarray(out[self.io["logits"]]).reshape(-1))
@@ -355,11 +364,25 @@ class Engine:
             return self.last, reused
         if self.on_static:
             return await self._feed(new), reused
+        t0, fed = time.perf_counter(), len(new)
+        stepped = top_k and self.static is not None and self.backend.fills  # the step session scores the last token
         while new:
             n = chunk_length(len(new), self.prefill_chunk)
             then = new[n:n + chunk_length(len(new) - n, self.prefill_chunk)]
-            scores = await self._run(new[:n], top_k=top_k or n < len(new), then=then)  # only the last chunk's are read
+            scoring = n == len(new) and not stepped
+            scores = await self._run(new[:n], top_k=top_k or not scoring, then=then,
+                                     fill=self.backend.fills and not scoring)
             new = new[n:]
+        if stepped:
+            # the fill graph ran over the whole prompt (the shapes the warm-up built pipelines for); the step scores
+            # the last token again and writes its key/value rows over the fill graph's
+            await self._to_static()
+            self.tokens.pop()
+            self.static.rollback(len(self.tokens))
+            scores = await self._feed(prompt_ids[-1:])
+        if 2 * fed >= self.prefill_chunk:  # long enough to count
+            rate = (time.perf_counter() - t0) * 1000 / fed
+            self.ms_per_prefilled_token = min(rate, self.ms_per_prefilled_token or rate)
         return scores, reused
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingSettings, *, max_new_tokens: int, stop_ids,
@@ -372,13 +395,9 @@ class Engine:
         await self.backend.keep_warm(0)  # the prompt's own work keeps the GPU busy now
         await self._warmed()  # counted in the time to the first token: the prompt waits for it
         self._restart_timing()  # the prompt's own: not what an earlier turn's decoding left or the warm-up
-        t_graph = time.perf_counter()
         scores, reused = await self.prefill(result.prompt_ids, top_k)
         t_prefill = time.perf_counter()
         fed = len(result.prompt_ids) - reused
-        if not self.on_static and 2 * fed >= self.prefill_chunk:  # through the prefill graph, long enough to count
-            rate = (t_prefill - t_graph) * 1000 / fed
-            self.ms_per_prefilled_token = min(rate, self.ms_per_prefilled_token or rate)
         history = list(result.prompt_ids)
         token = sampler(scores.values, history, scores.ids)
         keep = result.scores.append if self.keep_scores else lambda _: None

@@ -41,8 +41,8 @@ class Manifest:
     def files(self) -> list[dict]:
         """Every file the model needs besides the manifest: {path, bytes, sha256}."""
         d = self.decoder
-        step = [d["step_graph"]] if "step_graph" in d else []
-        return [d["graph"], *step, *d["external_data"], *self.table["files"], self.raw["tokenizer"]]
+        graphs = [d[name] for name in ("step_graph", "fill_graph") if name in d]
+        return [d["graph"], *graphs, *d["external_data"], *self.table["files"], self.raw["tokenizer"]]
 
 
 def parse_manifest(text: str | bytes) -> Manifest:

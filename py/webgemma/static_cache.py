@@ -125,7 +125,8 @@ class StaticDecoder:
 
     def rollback(self, length: int) -> None:
         """Forgets the positions from `length` on (steps queued past a stop): the ring gives each slot back to the
-        position it held before. Their cache rows must not have been written (or the slots are stale)."""
+        position it held before. Their cache rows must not have been written (or the slots are stale), unless the
+        next step is position `length` again: it takes that slot back and writes its rows there (Engine.prefill)."""
         for p in range(self.length - 1, length - 1, -1):
             slot = self.ring.slot_of.pop(p)
             if p >= self.ring.window:

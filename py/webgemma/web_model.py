@@ -32,7 +32,7 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
                          reverify: bool = False, verbose_log: bool = False, prefill_chunk: int | None = None,
                          max_context: int | None = None, capture: bool = True, kernels: bool = True,
                          kernel_options: dict | None = None, table_on_gpu: bool = True, warm_up: bool = True,
-                         ) -> tuple[Model, OrtWebBackend, EnsureReport]:
+                         fill: bool = True) -> tuple[Model, OrtWebBackend, EnsureReport]:
     """The model at `model_url` (a folder written by `webgemma export`), ready to generate, and what the store
     did to get its files (downloaded, refetched after a failed check).
 
@@ -50,6 +50,9 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     (Engine._chain). Otherwise each step's row is read from storage.
     warm_up: on WebGPU, run the prefill graph once on throwaway tokens after loading, in the background
     (Engine.warm_up), before the table's upload: the first prompt then finds onnxruntime-web's pipelines built.
+    fill: with the kernels, prefill through the graph cut to the caches (the manifest's fill_graph; about half the
+    dispatches of E2B's prefill graph) and score a prompt's last token through the kernels' step; the whole prefill
+    graph's session is made only for a sampler that needs every logit.
     """
     phase = Laps()
     store = WebModelStore(model_url)
@@ -60,11 +63,13 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     shards = [f["path"] for f in manifest.decoder["external_data"]]
     external = {path: store.file(path) for path in shards}
     capture = capture and "masks" in manifest.decoder.get("step_graph", {})
+    fill_graph = manifest.decoder.get("fill_graph") if capture and kernels and fill else None
     backend = await OrtWebBackend.create(
         graph, external, host_outputs=[manifest.decoder["logits"]], ep=ep,
         # constant folding would materialise the Reshape of the shared embedding: a second copy of 200+ MiB; the
         # other optimizations (onnxruntime's q, k, v fusion) made no prompt faster and session creation ~0.5 s slower
         graph_optimization="disabled", verbose_log=verbose_log, shared_weights=capture, laps=phase,
+        fill=await store.read(fill_graph["path"]) if fill_graph else None,
         # a visit that fetched the shards just now does not look for their copies (no worker started)
         copies=None if set(shards) & set(report.downloaded + report.refetched) else store.copy_sources(shards),
     )

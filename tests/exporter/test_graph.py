@@ -3,6 +3,7 @@ and size limits (no tensor larger than a shard or than WebGPU's default 128 MiB 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import subprocess
@@ -48,7 +49,7 @@ def test_manifest_follows_its_schema(model):
 
 def test_every_file_matches_its_size_and_hash(model):
     m = manifest_of(model)
-    listed = [m["decoder"]["graph"], m["decoder"]["step_graph"], *m["decoder"]["external_data"],
+    listed = [m["decoder"]["graph"], m["decoder"]["step_graph"], m["decoder"]["fill_graph"], *m["decoder"]["external_data"],
               *m["per_layer_table"]["files"], m["tokenizer"]]
     for entry in listed:
         data = (model / entry["path"]).read_bytes()
@@ -86,6 +87,33 @@ def test_step_graph_shares_the_weights_and_fixes_its_shapes(model):
             assert o.type.tensor_type.shape.dim[2].dim_value == 1
     external = {t.name: list(t.external_data) for t in decoder.initializer if t.external_data}
     assert {t.name: list(t.external_data) for t in step.initializer if t.external_data} == external
+
+
+def test_fill_graph_is_the_prefill_graph_cut_to_its_caches(model):
+    """The same nodes, inputs and weights as far as the caches need them, and the same caches from a chunk."""
+    import onnxruntime as ort
+
+    m = manifest_of(model)
+    decoder = onnx.load(model / "decoder.onnx", load_external_data=False).graph
+    fill = onnx.load(model / m["decoder"]["fill_graph"]["path"], load_external_data=False).graph
+    presents = [c[f"present_{part}"] for c in m["decoder"]["cache"] for part in ("key", "value")]
+    assert [o.name for o in fill.output] == presents
+    assert {n.name for n in fill.node} < {n.name for n in decoder.node}
+    assert not [n.name for n in fill.node if "lm_head" in n.name or n.op_type == "TopK"]
+    first_shared = m["architecture"]["num_hidden_layers"] - m["architecture"]["num_kv_shared_layers"]
+    assert not [n.name for n in fill.node if n.name.startswith(f"/layers.{first_shared}/")]
+    external = {t.name: list(t.external_data) for t in decoder.initializer if t.external_data}
+    assert {t.name: list(t.external_data) for t in fill.initializer if t.external_data}.items() <= external.items()
+
+    engine = open_engine(model)
+    ids = [2, 40, 77, 310, 12, 99, 5]
+    feeds = asyncio.run(engine._token_feeds(ids)) | engine._position_feeds(0, len(ids)) | engine.cache
+    sessions = [ort.InferenceSession(str(model / name), providers=["CPUExecutionProvider"])
+                for name in ("decoder.onnx", m["decoder"]["fill_graph"]["path"])]
+    whole, cut = ({o.name: v for o, v in zip(s.get_outputs(), s.run(None, {i.name: feeds[i.name] for i in s.get_inputs()}))}
+                  for s in sessions)
+    for name in presents:
+        np.testing.assert_array_equal(cut[name], whole[name], err_msg=name)
 
 
 def test_only_the_towers_are_skipped(model):

@@ -22,7 +22,7 @@ def test_accuracy_level_copy_is_valid_and_close(tmp_path):
     copy = with_accuracy_level(model, 4, tmp_path / "acc4")
 
     manifest = json.loads((copy / "manifest.json").read_text())
-    for entry in (manifest["decoder"]["graph"], manifest["decoder"]["step_graph"]):
+    for entry in (manifest["decoder"][key] for key in ("graph", "step_graph", "fill_graph")):
         data = (copy / entry["path"]).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["bytes"], entry["sha256"])
         nodes = [n for n in onnx.load_from_string(data).graph.node if n.op_type == "MatMulNBits"]

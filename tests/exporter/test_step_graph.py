@@ -29,8 +29,8 @@ def exported(request, tmp_path_factory):
     return checkpoint, export(checkpoint, base / "model", quant="fp32", log=lambda _: None)
 
 
-def step_engine(model, context: int = 64, prefill_chunk: int = 256):
-    engine = open_engine(model, prefill_chunk)
+def step_engine(model, context: int = 64, prefill_chunk: int = 256, fill: bool = False):
+    engine = open_engine(model, prefill_chunk, fill)
     engine.use_step_session(engine.backend.step_session(model, engine.manifest, context))
     asyncio.run(engine.record_step())  # as the browser does while loading: it must leave no trace
     return engine
@@ -50,9 +50,16 @@ def greedy_top_k(engine, prompt: list[int], steps: int):
 
 
 @pytest.mark.parametrize("prompt", [LONG, SHORT], ids=["prompt-past-window", "prompt-within-window"])
-def test_step_decoding_matches_transformers(exported, prompt):
+@pytest.mark.parametrize("chunk,fill", [(256, False), (256, True), (5, True)],
+                         ids=["prefill-graph", "fill-graph", "fill-graph-chunks-of-5"])
+def test_step_decoding_matches_transformers(exported, prompt, chunk, fill):
+    """With `fill` the prompt's tokens but the last go through the fill graph (the caches only) and the step session
+    scores the last: the first token's scores too must be transformers'."""
     checkpoint, model = exported
-    engine = step_engine(model)
+    engine = step_engine(model, prefill_chunk=chunk, fill=fill)
+    asyncio.run(engine.prefill(prompt, top_k=True))
+    assert engine.on_static == fill  # the step session holds the cache once it scored the last token
+    engine.reset()
     tokens, seen = greedy_top_k(engine, prompt, STEPS)
     assert engine.on_static and engine.timing["steps"] >= STEPS - 1
     reference = transformers_logits(checkpoint, prompt + tokens)[len(prompt) - 1 : len(prompt) - 1 + STEPS]
@@ -94,9 +101,10 @@ def test_a_follow_up_goes_through_the_steps_while_they_cost_less_than_prefilling
     assert scores.ids.tolist() == fresh.ids.tolist() and np.abs(scores.values - fresh.values).max() < 1e-4
 
 
-def test_generation_measures_the_costs_of_a_step_and_of_a_prefilled_token(exported):
+@pytest.mark.parametrize("fill", [False, True], ids=["prefill-graph", "fill-graph"])
+def test_generation_measures_the_costs_of_a_step_and_of_a_prefilled_token(exported, fill):
     _, model = exported
-    engine = step_engine(model, prefill_chunk=8)
+    engine = step_engine(model, prefill_chunk=8, fill=fill)
     asyncio.run(engine.generate(LONG, SamplingSettings(temperature=0), max_new_tokens=12, stop_ids=[]))
     assert engine.ms_per_step > 0 and engine.ms_per_prefilled_token > 0
 

@@ -24,7 +24,7 @@ def model_dir(tmp_path_factory) -> Path:
     return export(make_checkpoint(base / "checkpoint", kind="e2b"), base / "model", quant="int4", log=lambda _: None)
 
 
-@pytest.mark.parametrize("graph", ["decoder.onnx", "decoder_step.onnx"])
+@pytest.mark.parametrize("graph", ["decoder.onnx", "decoder_step.onnx", "decoder_fill.onnx"])
 def test_moved_weights_are_the_external_initializers(model_dir, graph):
     original = onnx.load(str(model_dir / graph), load_external_data=False)
     edited_bytes, weights = weights_as_inputs((model_dir / graph).read_bytes())

@@ -16,10 +16,10 @@ from webgemma.sampling import SamplingSettings
 from webgemma.storage_local import LocalStore
 
 
-def open_engine(model_dir: Path, prefill_chunk: int = 256) -> Engine:
+def open_engine(model_dir: Path, prefill_chunk: int = 256, fill: bool = False) -> Engine:
     manifest = parse_manifest((Path(model_dir) / "manifest.json").read_text())
     rows = PerLayerRows(LocalStore(model_dir), manifest.table, manifest.decoder["inputs"])
-    return Engine(manifest, NativeBackend(model_dir, manifest), rows, prefill_chunk=prefill_chunk)
+    return Engine(manifest, NativeBackend(model_dir, manifest, fill=fill), rows, prefill_chunk=prefill_chunk)
 
 
 def greedy_with_logits(engine: Engine, prompt: list[int], steps: int) -> tuple[list[int], list[np.ndarray]]:

@@ -167,31 +167,34 @@ def test_kernels_attend_over_several_chunks_of_the_cache(sites, offline_context,
     assert (result["prompt_ids"], result["output_ids"]) == (expected["prompt_ids"], expected["output_ids"])
 
 
-@pytest.mark.parametrize("variant", [{"wait_table": "1"}, {"kernel_lanes": "64", "kernel_subgroups": "0"}])
+@pytest.mark.parametrize("variant", [{"wait_table": "1"}, {"kernel_lanes": "64", "kernel_subgroups": "0", "fill": "0"}])
 def test_kernels_with_int8_inputs_track_onnxruntime_s_logits(sites, offline_context, variant):
     """By default the kernels' matvecs read their inputs as int8 in groups of 8 (wgsl.mjs quantize8): over a greedy
     reply to a prompt of several attention chunks, every step's top-k values are the logits onnxruntime computes on
     the CPU from the same export fed the page's own tokens, within the rounding's error, and each token the page
     picks is onnxruntime's best or within that error of it. Default: chained steps, subgroup sums, gate·up writing
-    down's input quantized; lanes 64: workgroup-memory sums, down reading float32."""
+    down's input quantized, the prompt through the fill graph and its last token scored by the kernels; lanes 64:
+    workgroup-memory sums, down reading float32, the first token scored by the whole prefill graph (float32)."""
     model, site = sites["int4"]
     prompt = " ".join([PROMPT] * 6)
     context, _ = offline_context(site.url)
     result = run_page(context.new_page(), site, backend="webgpu", prompt=prompt, max_new_tokens=12, scores="1",
                       **variant)
     assert result.get("error") is None and result["step"] == "kernels" and result["kernel_q8"], result
+    assert result["fills"] == (variant.get("fill") != "0")
     prompt_ids, output_ids = result["prompt_ids"], result["output_ids"]
     assert len(prompt_ids) > 64 and len(result["scores"]) == len(output_ids) == 12
     with ThreadPoolExecutor(1) as thread:  # off Playwright's event loop
         reference = thread.submit(forced_logits, open_engine(model), prompt_ids, output_ids).result()
-    # the first token comes from the prefill graph (float32); the rest from the kernels. The rounding of a tiny random
+    # the kernels' tokens (with fill=0 the first comes from the prefill graph, float32). The rounding of a tiny random
     # model's inputs moves its logits by up to ~1 (spread ~8; transformers with its linears' inputs rounded so: 0.26
     # median, 0.97 at worst over 90 positions): a wrong scale, sum or order of values moves them by several
     errors = []
     for i, ((values, ids), logits) in enumerate(zip(result["scores"], reference)):
         errors.append(np.abs(np.asarray(values) - logits[ids]).max())
         assert logits.max() - logits[output_ids[i]] <= 1.0, (i, logits.max(), logits[output_ids[i]])
-    assert errors[0] < 1e-3 and max(errors) < 1.0 and np.mean(errors) < 0.3, errors
+    assert errors[0] < (1e-3 if variant.get("fill") == "0" else 1.0), errors
+    assert max(errors) < 1.0 and np.mean(errors) < 0.3, errors
 
 
 def test_chained_kernels_sample_the_cli_tokens(sites, offline_context):
@@ -206,6 +209,19 @@ def test_chained_kernels_sample_the_cli_tokens(sites, offline_context):
     result = run_page(context.new_page(), site, backend="webgpu", max_new_tokens=12, wait_table="1", seed="7",
                       **settings, **EXACT)
     assert result.get("error") is None and result["chained"], result
+    assert (result["prompt_ids"], result["output_ids"]) == (expected["prompt_ids"], expected["output_ids"])
+
+
+def test_a_sampler_over_every_token_gets_the_whole_prefill_graph(sites, offline_context):
+    """With the kernels the page loads only the fill graph, which gives no logits; a sampler over every token (top-k
+    0) makes it create the whole prefill graph's session at its first prompt, whose logits give the CLI's tokens."""
+    model, site = sites["int4"]
+    settings = {"temperature": "1.0", "top_k": "0", "top_p": "1.0"}
+    args = [a for name, value in settings.items() for a in (f"--{name.replace('_', '-')}", value)]
+    expected = cli_json(model, WEBGPU_TOKENS, *args, "--seed", "3")
+    context, _ = offline_context(site.url)
+    result = run_page(context.new_page(), site, backend="webgpu", max_new_tokens=WEBGPU_TOKENS, seed="3", **settings)
+    assert result.get("error") is None and result["fills"] and not result["chained"], result
     assert (result["prompt_ids"], result["output_ids"]) == (expected["prompt_ids"], expected["output_ids"])
 
 

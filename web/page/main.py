@@ -29,7 +29,8 @@ wait_table=1 (the kernels' per-layer table on the GPU before the prompt, so that
 most 4, queued at once, each sampling the next one's token on the GPU; 0: one at a time, sampled in Python), gpu_table=0 (the
 kernels read each step's per-layer row from storage, never from the GPU), ort_start=0 (onnxruntime-web starts when
 the model loads, not while Python boots: boot.mjs), warm=0 (no throwaway prefill run after loading: the first prompt
-builds onnxruntime-web's pipelines itself). With autorun the page generates once and sets
+builds onnxruntime-web's pipelines itself), fill=0 (with the kernels, prompts through the whole prefill graph, not
+through the graph cut to the caches with the last token through a kernel step). With autorun the page generates once and sets
 window.webgemmaResult = {output_ids, text, backend, ttft_ms, tokens_per_s, prefill_tokens_per_s, load_ms (from
 Python's start), ready_ms (from the navigation), ort_start_ms ([start, end] of onnxruntime-web's start while booting),
 upload_trace (per weights file: [path, bytes, and when the upload's loop started it, had its bytes, had a staging
@@ -247,6 +248,7 @@ async def autorun(page: ChatPage, params: dict, load_phases: dict, step: str, re
         "table": static.session.table if static else None, "table_wait_ms": table_wait_ms, **then,
         "kernel_subgroups": bool(static and static.session.plan and static.session.plan.subgroups),
         "kernel_q8": bool(static and static.session.plan and static.session.plan.quantized),
+        "fills": page.backend.fills,
         "scores": [[s.values.tolist(), None if s.ids is None else s.ids.tolist()] for s in outcome.scores],
         "ready_ms": ready_ms, "ort_start_ms": browser.get_global("webgemmaOrtStart"),
         "upload_from": browser.get_global("webgemmaUploadFrom"), "long_tasks": browser.get_global("webgemmaLongTasks"),
@@ -275,7 +277,7 @@ async def start(site: dict, env: dict, params: dict) -> None:
         kernels=params.get("step") != "graph",
         kernel_options={name: int(params["kernel_" + name]) for name in ("lanes", "subgroups", "merge", "q8")
                         if "kernel_" + name in params},
-        table_on_gpu=params.get("gpu_table") != "0", warm_up=params.get("warm") != "0")
+        table_on_gpu=params.get("gpu_table") != "0", warm_up=params.get("warm") != "0", fill=params.get("fill") != "0")
     load_ms = (time.perf_counter() - t0) * 1000
     ready_ms = browser.page_time_ms()
     download.set(hidden=True)

@@ -17,6 +17,9 @@ class Backend(Protocol):
     """
 
     name: str  # what really runs the graph: "cpu", "webgpu" or "wasm"
+    # a run that reads nothing back (`host_outputs` empty) goes through the graph cut to the caches (the manifest's
+    # fill_graph): the engine then scores a prompt's last token through its step session
+    fills: bool
 
     async def run(self, feeds: dict[str, np.ndarray | Any], host_outputs: list[str]) -> dict[str, np.ndarray | Any]: ...
 

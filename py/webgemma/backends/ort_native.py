@@ -12,7 +12,7 @@ from ..static_cache import step_caches
 
 
 class NativeBackend:
-    def __init__(self, model_dir: Path, manifest, threads: int = 0, provider: str = "cpu"):
+    def __init__(self, model_dir: Path, manifest, threads: int = 0, provider: str = "cpu", fill: bool = False):
         import onnxruntime as ort  # CPython only; the browser never imports this module
 
         options = ort.SessionOptions()
@@ -26,38 +26,43 @@ class NativeBackend:
             raise ValueError(f"provider must be 'cpu' or 'webgpu', not {provider!r}")
         self.name = provider
         # Constant folding would copy the tied embedding (its Reshape of a shared weight): as in the browser.
-        self.session = ort.InferenceSession(str(Path(model_dir) / manifest.decoder["graph"]["path"]), options,
-                                            providers=providers, disabled_optimizers=["ConstantFolding"])
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        def session(path: str):
+            return ort.InferenceSession(str(Path(model_dir) / path), options, providers=providers,
+                                        disabled_optimizers=["ConstantFolding"])
+        self.session = session(manifest.decoder["graph"]["path"])
+        # fill: runs that read nothing back go through the graph cut to the caches (see Backend.fills)
+        self.fill_session = session(manifest.decoder["fill_graph"]["path"]) if fill and "fill_graph" in manifest.decoder else None
+        self.fills = self.fill_session is not None
         self._device_outputs = provider == "webgpu"
         self._ort = ort
 
     async def run(self, feeds: dict, host_outputs: list[str]) -> dict:
+        session = self.fill_session if self.fills and not host_outputs else self.session
+        names = {i.name for i in session.get_inputs()}
+        feeds = {k: v for k, v in feeds.items() if k in names}
+        outputs = [o.name for o in session.get_outputs()]
         if self._device_outputs:
             try:
-                return self._run_bound(feeds, host_outputs)
+                return self._run_bound(session, outputs, feeds, host_outputs)
             except Exception as e:  # noqa: BLE001 - an onnxruntime without WebGPU device binding: say so, go on
                 print(f"webgemma: device-resident outputs unavailable ({e}); the cache goes through host memory")
                 self._device_outputs = False
                 feeds = {k: v if isinstance(v, np.ndarray) else v.numpy() for k, v in feeds.items()}
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        return dict(zip(outputs, session.run(outputs, feeds)))
 
-    def _run_bound(self, feeds: dict, host_outputs: list[str]) -> dict:
+    def _run_bound(self, session, outputs: list[str], feeds: dict, host_outputs: list[str]) -> dict:
         """One run with the non-host outputs left in GPU memory (the cache), as the browser does."""
-        binding = self.session.io_binding()
+        binding = session.io_binding()
         for name, value in feeds.items():
             if isinstance(value, np.ndarray):
                 binding.bind_cpu_input(name, value)
             else:
                 binding.bind_ortvalue_input(name, value)
-        for name in self.output_names:
-            if name in host_outputs:
-                binding.bind_output(name, "cpu")
-            else:
-                binding.bind_output(name, "webgpu")
-        self.session.run_with_iobinding(binding)
+        for name in outputs:
+            binding.bind_output(name, "cpu" if name in host_outputs else "webgpu")
+        session.run_with_iobinding(binding)
         values = binding.get_outputs()
-        return {n: (v.numpy() if n in host_outputs else v) for n, v in zip(self.output_names, values)}
+        return {n: (v.numpy() if n in host_outputs else v) for n, v in zip(outputs, values)}
 
     def release(self, handle) -> None:
         pass  # numpy arrays and OrtValues are freed by the garbage collector
@@ -73,7 +78,7 @@ class NativeBackend:
         pass  # no prompt box is typed in: the CLI and the benchmarks send their prompts at once
 
     def close(self) -> None:
-        self.session = None
+        self.session = self.fill_session = None
 
 
 class NativeStepSession:

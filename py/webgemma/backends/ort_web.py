@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,9 +84,11 @@ async def pick_ep(prefer: str = "auto") -> tuple[str, str | None, dict | None]:
 class OrtWebBackend:
     """`Backend` over an onnxruntime-web InferenceSession (see webgemma.backends.Backend)."""
 
-    def __init__(self, session: browser.JsSession, name: str, notice: str | None, host_outputs: Sequence[str],
+    def __init__(self, session: browser.JsSession | None, name: str, notice: str | None, host_outputs: Sequence[str],
                  adapter: dict | None = None, ort: Any = None) -> None:
-        self._session = session
+        self._session = session  # the whole graph's (with a fill graph: made when a run first reads scores)
+        self._fill: browser.JsSession | None = None  # the graph cut to the caches (`fills`)
+        self._open: Callable[[], Awaitable[browser.JsSession]] | None = None  # makes `_session` on first need
         self._ort = ort  # the onnxruntime-web module, for further sessions (the step session)
         self._steps: list[browser.JsStepSession] = []
         self.weights: browser.WeightBuffers | None = None  # on WebGPU, shared by the sessions
@@ -95,8 +97,10 @@ class OrtWebBackend:
         self.notice = notice  # why wasm was chosen, when it was chosen for want of WebGPU
         self.adapter = adapter  # the WebGPU adapter's vendor, architecture, limits (None on wasm)
         self.host_outputs = list(host_outputs)
-        self.input_names = session.input_names
-        self.output_names = session.output_names
+
+    @property
+    def fills(self) -> bool:
+        return self._fill is not None
 
     @classmethod
     async def create(
@@ -112,6 +116,7 @@ class OrtWebBackend:
         ort_url: str = ORT_URL,
         num_threads: int | None = None,
         shared_weights: bool = False,
+        fill: bytes | None = None,
         laps: Laps | None = None,
         copies: dict | None = None,
     ) -> OrtWebBackend:
@@ -124,6 +129,8 @@ class OrtWebBackend:
         verbose_log: record ORT's verbose log during creation (`creation_log`, `placement`).
         num_threads: wasm threads (default: ort_bridge.mjs defaultThreads).
         shared_weights: on WebGPU, upload the weights ourselves, for a step session to share (`step_session`).
+        fill: with shared_weights, `model` cut to its caches (the manifest's fill_graph): the session made now is
+        its, runs that read nothing back go through it, and `model`'s is made when a run first reads scores.
         laps: where the time goes (runtime, graph_edit, buffers, session), for a load report.
         copies: with shared_weights, where the external-data files may have copies in OPFS, read faster than the
         Cache API (`WebModelStore.copy_sources`).
@@ -139,15 +146,21 @@ class OrtWebBackend:
         if missing:
             raise ValueError(f"host outputs {missing} are not outputs of the graph ({outputs})")
         options: dict[str, Any] = {"executionProviders": [name], "graphOptimizationLevel": graph_optimization}
-        if name == "webgpu":
-            options["preferredOutputLocation"] = {o: "cpu" if o in host_outputs else "gpu-buffer" for o in outputs}
         if disabled_optimizers:
             options["extra"] = {"optimization": {"disable_specified_optimizers": ",".join(disabled_optimizers)}}
         if verbose_log:
             options["logSeverityLevel"] = 0
             options["logVerbosityLevel"] = 0
+
+        def options_for(graph: bytes) -> dict:
+            if name != "webgpu":
+                return options
+            return options | {"preferredOutputLocation": {o: "cpu" if o in host_outputs else "gpu-buffer"
+                                                          for o in graph_output_names(graph)}}
+
         if name != "webgpu" or not shared_weights:
-            session = await browser.ort_session(ort, model, dict(external_data or {}), options, verbose=verbose_log)
+            session = await browser.ort_session(ort, model, dict(external_data or {}), options_for(model),
+                                                verbose=verbose_log)
             lap("session")
             return cls(session, name, notice, host_outputs, adapter, ort)
         # the weights become inputs, uploaded by us, so that the step session shares them (one GPU copy); their
@@ -157,16 +170,24 @@ class OrtWebBackend:
         buffers = await browser.WeightBuffers.create(ort)
         await buffers.upload(dict(external_data or {}), weights, copies)
         lap("buffers")
+
+        async def open_session(graph: bytes, used: list[ExternalWeight]) -> browser.JsSession:
+            session = await browser.ort_session(ort, graph, {}, options_for(graph), verbose=verbose_log)
+            session.weights = buffers.feeds(used)
+            return session
+
+        backend = cls(None, name, notice, host_outputs, adapter, ort)
+        backend.weights, backend.shared = buffers, weights
         try:
-            session = await browser.ort_session(ort, model, {}, options, verbose=verbose_log)
+            if fill is None:
+                backend._session = await open_session(model, weights)
+            else:
+                backend._fill = await open_session(*weights_as_inputs(fill))
+                backend._open = lambda: open_session(model, weights)
         except RuntimeError:
             await buffers.discard()
             raise
         lap("session")
-        backend = cls(session, name, notice, host_outputs, adapter, ort)
-        backend.weights, backend.shared = buffers, weights
-        session.weights = buffers.feeds(weights)
-        backend.input_names = [n for n in session.input_names if n not in {w.name for w in weights}]
         return backend
 
     async def kernel_step(self, graph: bytes, manifest, context: int, laps: Laps | None = None,
@@ -233,20 +254,28 @@ class OrtWebBackend:
 
     @property
     def creation_log(self) -> list[str]:
-        return self._session.log
+        return (self._fill or self._session).log
 
     @property
     def placement(self) -> Placement:
-        return Placement.from_log(self._session.log)
+        return Placement.from_log(self.creation_log)
 
     async def run(self, feeds: dict[str, np.ndarray | JsTensor],
                   host_outputs: Sequence[str]) -> dict[str, np.ndarray | JsTensor]:
-        """One session.run: numpy for `host_outputs`, JsTensor handles for the rest."""
-        self._check(feeds, host_outputs)
+        """One session.run: numpy for `host_outputs`, JsTensor handles for the rest. With a fill graph, a run that
+        reads nothing back goes through it, given only the feeds it takes."""
+        if self._fill is not None and not host_outputs:
+            session = self._fill
+            feeds = {k: v for k, v in feeds.items() if k in session.input_names}
+        else:
+            if self._session is None:  # the first run that reads scores (a sampler that needs every logit)
+                self._session = await self._open()
+            session = self._session
+        self._check(session, feeds, host_outputs)
         if self.weights:
             await self.weights.ready()
         try:
-            outputs = await self._session.run(feeds)
+            outputs = await session.run(feeds)
         except browser.JsException as e:
             shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in feeds.items())
             raise RuntimeError(f"onnxruntime-web ({self.name}) run failed with feeds {{{shapes}}}: {e}") from None
@@ -259,14 +288,16 @@ class OrtWebBackend:
                 result[name] = t
         return result
 
-    def _check(self, feeds: Mapping[str, Any], host_outputs: Sequence[str]) -> None:
-        missing = [n for n in self.input_names if n not in feeds]
-        unknown = [n for n in feeds if n not in self.input_names]
+    def _check(self, session: browser.JsSession, feeds: Mapping[str, Any], host_outputs: Sequence[str]) -> None:
+        weights = {w.name for w in self.shared}
+        inputs = [n for n in session.input_names if n not in weights]
+        missing = [n for n in inputs if n not in feeds]
+        unknown = [n for n in feeds if n not in inputs]
         if missing or unknown:
             raise ValueError(f"feeds do not match the graph's inputs: missing {missing}, unknown {unknown}")
-        bad = [n for n in host_outputs if n not in self.output_names]
+        bad = [n for n in host_outputs if n not in session.output_names]
         if bad:
-            raise ValueError(f"host outputs {bad} are not outputs of the graph ({self.output_names})")
+            raise ValueError(f"host outputs {bad} are not outputs of the graph ({session.output_names})")
         for n, v in feeds.items():
             if isinstance(v, JsTensor) and v._t is None:
                 raise ValueError(f"feed {n!r} is a released tensor")
@@ -289,7 +320,9 @@ class OrtWebBackend:
     async def aclose(self) -> None:
         for step in self._steps:
             await step.release()
-        await self._session.release()
+        for session in (self._session, self._fill):
+            if session is not None:
+                await session.release()
         if self.weights:
             self.weights.destroy()
 
