@@ -303,7 +303,7 @@ class Engine:
         logits, or with `top_k` only the best ones, found on the device), or with `fill` nothing (the caches only,
         through the fill graph: Backend.fills). The rows of `then` (the next prefill chunk) are read while the graph
         runs."""
-        if self.static and top_k and len(ids) == 1 and self.tokens:
+        if self.static and top_k and not fill and len(ids) == 1 and self.tokens:
             return await self._step(ids[0])
         start, count = len(self.tokens), len(ids)
         t0 = time.perf_counter()

@@ -50,9 +50,10 @@ async def open_web_model(model_url: str, *, ep: str = "auto", on_progress: Calla
     (Engine._chain). Otherwise each step's row is read from storage.
     warm_up: on WebGPU, run the prefill graph once on throwaway tokens after loading, in the background
     (Engine.warm_up), before the table's upload: the first prompt then finds onnxruntime-web's pipelines built.
-    fill: with the kernels, prefill through the graph cut to the caches (the manifest's fill_graph; about half the
-    dispatches of E2B's prefill graph) and score a prompt's last token through the kernels' step; the whole prefill
-    graph's session is made only for a sampler that needs every logit.
+    fill: with the kernels asked for, prefill through the graph cut to the caches (the manifest's fill_graph; about
+    half the dispatches of E2B's prefill graph) and score a prompt's last token through the step (the kernels', or
+    the step graph's where they cannot run); the whole prefill graph's session is made only for a sampler that needs
+    every logit.
     """
     phase = Laps()
     store = WebModelStore(model_url)
