@@ -18,17 +18,15 @@ def fill_graph(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
         if needed.intersection(node.output):
             nodes.append(node)
             needed.update(name for name in node.input if name)
+    whole = model.graph
     fill = onnx.ModelProto()
     fill.CopyFrom(model)
     g = fill.graph
     g.name += "_fill"
-    for field, keep in (("node", nodes[::-1]), ("output", [o for o in g.output if o.name in outputs]),
-                        ("input", [i for i in g.input if i.name in needed]),
-                        ("initializer", [t for t in g.initializer if t.name in needed]),
-                        ("value_info", [v for v in g.value_info if v.name in needed])):
-        copies = [type(item)() for item in keep]
-        for copy, item in zip(copies, keep):
-            copy.CopyFrom(item)
+    for field, keep in (("node", nodes[::-1]), ("output", [o for o in whole.output if o.name in outputs]),
+                        ("input", [i for i in whole.input if i.name in needed]),
+                        ("initializer", [t for t in whole.initializer if t.name in needed]),
+                        ("value_info", [v for v in whole.value_info if v.name in needed])):
         g.ClearField(field)
-        getattr(g, field).extend(copies)
+        getattr(g, field).extend(keep)  # copies `model`'s messages
     return fill

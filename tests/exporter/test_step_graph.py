@@ -53,8 +53,8 @@ def greedy_top_k(engine, prompt: list[int], steps: int):
 @pytest.mark.parametrize("chunk,fill", [(256, False), (256, True), (5, True)],
                          ids=["prefill-graph", "fill-graph", "fill-graph-chunks-of-5"])
 def test_step_decoding_matches_transformers(exported, prompt, chunk, fill):
-    """With `fill` the prompt's tokens but the last go through the fill graph (the caches only) and the step session
-    scores the last: the first token's scores too must be transformers'."""
+    """With `fill` the prompt goes through the fill graph (the caches only) and the step session scores its last token
+    again: the first token's scores too must be transformers'."""
     checkpoint, model = exported
     engine = step_engine(model, prefill_chunk=chunk, fill=fill)
     asyncio.run(engine.prefill(prompt, top_k=True))

@@ -33,14 +33,15 @@ class NativeBackend:
         # fill: runs that read nothing back go through the graph cut to the caches (see Backend.fills)
         self.fill_session = session(manifest.decoder["fill_graph"]["path"]) if fill and "fill_graph" in manifest.decoder else None
         self.fills = self.fill_session is not None
+        # each session with its input names and outputs, read once (a CLI token is one run)
+        self._runs = {cut: (s, {i.name for i in s.get_inputs()}, [o.name for o in s.get_outputs()])
+                      for cut, s in ((False, self.session), (True, self.fill_session)) if s is not None}
         self._device_outputs = provider == "webgpu"
         self._ort = ort
 
     async def run(self, feeds: dict, host_outputs: list[str]) -> dict:
-        session = self.fill_session if self.fills and not host_outputs else self.session
-        names = {i.name for i in session.get_inputs()}
+        session, names, outputs = self._runs[self.fills and not host_outputs]
         feeds = {k: v for k, v in feeds.items() if k in names}
-        outputs = [o.name for o in session.get_outputs()]
         if self._device_outputs:
             try:
                 return self._run_bound(session, outputs, feeds, host_outputs)
@@ -79,6 +80,7 @@ class NativeBackend:
 
     def close(self) -> None:
         self.session = self.fill_session = None
+        self._runs = {}
 
 
 class NativeStepSession:

@@ -93,6 +93,7 @@ class OrtWebBackend:
         self._steps: list[browser.JsStepSession] = []
         self.weights: browser.WeightBuffers | None = None  # on WebGPU, shared by the sessions
         self.shared: list[ExternalWeight] = []  # the weights in them
+        self._weight_names: frozenset[str] = frozenset()  # their names: inputs the sessions get from `weights`
         self.name = name  # "webgpu" or "wasm"
         self.notice = notice  # why wasm was chosen, when it was chosen for want of WebGPU
         self.adapter = adapter  # the WebGPU adapter's vendor, architecture, limits (None on wasm)
@@ -178,6 +179,7 @@ class OrtWebBackend:
 
         backend = cls(None, name, notice, host_outputs, adapter, ort)
         backend.weights, backend.shared = buffers, weights
+        backend._weight_names = frozenset(w.name for w in weights)
         try:
             if fill is None:
                 backend._session = await open_session(model, weights)
@@ -289,8 +291,7 @@ class OrtWebBackend:
         return result
 
     def _check(self, session: browser.JsSession, feeds: Mapping[str, Any], host_outputs: Sequence[str]) -> None:
-        weights = {w.name for w in self.shared}
-        inputs = [n for n in session.input_names if n not in weights]
+        inputs = [n for n in session.input_names if n not in self._weight_names]
         missing = [n for n in inputs if n not in feeds]
         unknown = [n for n in feeds if n not in inputs]
         if missing or unknown:
